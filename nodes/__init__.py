@@ -1,0 +1,8 @@
+"""ComfyUI nodes of the pack: thin glue from ComfyUI types to ``fantasyportrait_core`` calls.
+
+Each ``nodes_<feature>.py`` module defines ``NODE_CLASS_MAPPINGS`` and
+``NODE_DISPLAY_NAME_MAPPINGS``; they are merged here.
+"""
+
+NODE_CLASS_MAPPINGS = {}
+NODE_DISPLAY_NAME_MAPPINGS = {}
