@@ -86,14 +86,17 @@ def _read_pickle(path: str) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
+        detail = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line or "global" in line), "")
         raise CheckpointError(
-            f"{name} refuses to load safely: it is a pickle that needs to execute code to be read, "
-            "which this pack never does. Use the released file, or a .safetensors version of it. "
-            f"(torch said: {str(exc).splitlines()[0]})"
+            f"{name} refuses to load safely: it is a pickle that needs to execute code to be read "
+            "(or uses pickle features that safe loading does not allow), and this pack never executes "
+            "code from model files. Use the released file, or a .safetensors version of it."
+            + (f" ({detail})" if detail else "")
         ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # truncated zip, garbage bytes, ... : torch raises many types here
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(
-            f"{name} could not be read as a torch checkpoint ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}). "
+            f"{name} could not be read as a torch checkpoint ({type(exc).__name__}: {first}). "
             "It may be truncated (an interrupted download) or not a model file; download it again."
         ) from exc
 
