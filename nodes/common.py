@@ -1,0 +1,49 @@
+"""Helpers shared by the node modules: model folders, progress bars, errors."""
+
+from __future__ import annotations
+
+import os
+
+import folder_paths
+
+FOLDER = "fantasyportrait"
+CATEGORY = "FantasyPortrait"
+
+
+def register_model_folder() -> None:
+    """``models/fantasyportrait/`` (also settable in extra_model_paths.yaml as ``fantasyportrait``)."""
+    if FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER))
+    paths, exts = folder_paths.folder_names_and_paths[FOLDER]
+    folder_paths.folder_names_and_paths[FOLDER] = (paths, set(exts) | {".ckpt", ".pth", ".safetensors", ".onnx"})
+
+
+def adapter_files() -> list[str]:
+    """Adapter files: everything in ``models/fantasyportrait/`` plus files in ``diffusion_models/``
+    whose name mentions FantasyPortrait (Kijai's single-file release lives there)."""
+    own = [f for f in folder_paths.get_filename_list(FOLDER) if f.lower().endswith((".ckpt", ".safetensors", ".pth"))
+           and "pd_fpg" not in f.lower()]
+    extra = [f for f in folder_paths.get_filename_list("diffusion_models") if "portrait" in f.lower()]
+    return sorted(set(own)) + sorted(set(extra) - set(own))
+
+
+def adapter_path(name: str) -> str:
+    path = folder_paths.get_full_path(FOLDER, name) or folder_paths.get_full_path("diffusion_models", name)
+    if path is None:
+        raise FileNotFoundError(f"FantasyPortrait model file {name!r} not found in models/{FOLDER}/ or models/diffusion_models/.")
+    return path
+
+
+class Progress:
+    """Bridge from core ``progress(done, total)`` callbacks to ComfyUI's progress bar, with interruption."""
+
+    def __init__(self, total: int):
+        import comfy.utils
+
+        self.bar = comfy.utils.ProgressBar(total)
+
+    def __call__(self, done: int, total: int) -> None:
+        import comfy.model_management
+
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        self.bar.update_absolute(done, total)
