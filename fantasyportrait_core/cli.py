@@ -1,5 +1,6 @@
 """The ``fantasyportrait`` command line.
 
+``fantasyportrait extract``: driving videos -> per-person expression features (face pipeline).
 ``fantasyportrait encode``: expression features -> expression tokens and per-latent-frame windows.
 """
 
@@ -27,6 +28,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+
+    ext = sub.add_parser(
+        "extract",
+        help="track the faces in driving videos and extract per-person expression features",
+        description=(
+            "Detect and track every face in the driving video(s), align each face and run the PD-FGC motion "
+            "encoder. Writes 'features' [P, F, 554] float32, 'boxes' [P, F, 4], 'landmarks' [P, F, 222, 2] and "
+            "'valid' [P, F] (False where a person was missed and filled from neighbouring frames), with fps and "
+            "frame count in the metadata. Persons are numbered left to right; several videos are concatenated "
+            "in the order given and brought to a common frame count."
+        ),
+    )
+    ext.add_argument("--video", action="append", required=True, metavar="V",
+                     help="driving video; repeat for one video per person (persons are concatenated in order)")
+    ext.add_argument("--models", required=True, metavar="DIR",
+                     help="folder holding the released face_det.onnx, face_landmark.onnx and pd_fpg.pth")
+    ext.add_argument("--motion-encoder", metavar="FILE",
+                     help="PD-FGC weights to use instead of DIR/pd_fpg.pth: pd_fpg.pth or the single-file "
+                          "FantasyPortrait .safetensors (its 'pd_fpg.' part)")
+    ext.add_argument("--out", required=True, metavar="FEATS.safetensors", help="output file to write")
+    ext.add_argument("--max-frames", type=int, metavar="N",
+                     help="use at most N frames of each video (after --fps resampling)")
+    ext.add_argument("--fps", type=float, metavar="FPS",
+                     help="resample the driving clips to this frame rate first (the released code uses 25); by "
+                          "default each clip keeps its own rate, and clips with different rates follow the first")
+    ext.add_argument("--persons", type=int, default=0, metavar="N",
+                     help="keep the N persons found in most frames of each video (default: all persons found)")
+    ext.add_argument("--min-face", type=float, default=96, metavar="PX",
+                     help="smallest face (landmark box side, pixels) that is kept; released value 96")
+    ext.add_argument("--batch-size", type=int, default=32, metavar="N",
+                     help="aligned faces per motion-encoder batch (default 32)")
+    ext.add_argument("--device", default="cpu", help="torch device for the motion encoder, e.g. cpu or cuda (default cpu)")
+    ext.add_argument("--preview", metavar="PREVIEW.mp4",
+                     help="also write a video with each person's box, id and landmarks drawn (one file per "
+                          "video: PREVIEW_1.mp4, ... when several videos are given)")
+    ext.set_defaults(func=_cmd_extract)
 
     enc = sub.add_parser(
         "encode",
@@ -57,6 +94,83 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu or cuda (default cpu)")
     enc.set_defaults(func=_cmd_encode)
     return parser
+
+
+def _progress_printer(label: str):
+    def progress(done, total):
+        print(f"\r{label} {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    return progress
+
+
+def _cmd_extract(args) -> int:
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    from .extraction import draw_preview, extract_features, load_face_models
+    from .video import read_video, write_video
+
+    if args.max_frames is not None and args.max_frames < 1:
+        raise FantasyPortraitError("--max-frames must be at least 1.")
+    if args.fps is not None and args.fps <= 0:
+        raise FantasyPortraitError("--fps must be positive.")
+    models = load_face_models(args.models, motion=args.motion_encoder)
+    try:
+        models.motion_encoder.to(torch.device(args.device))
+    except (RuntimeError, AssertionError) as exc:
+        raise FantasyPortraitError(f"Cannot use device {args.device!r}: {exc}") from exc
+
+    clips = []
+    target_fps = args.fps
+    for path in args.video:
+        clip = read_video(path, max_frames=args.max_frames, fps=target_fps)
+        if target_fps is None:
+            target_fps = clip.fps
+        elif abs(clip.fps - target_fps) > 1e-3:
+            print(f"fantasyportrait: {os.path.basename(path)} runs at {clip.fps:g} fps; resampling it to "
+                  f"{target_fps:g} fps to match {os.path.basename(args.video[0])}", file=sys.stderr)
+            clip = read_video(path, max_frames=args.max_frames, fps=target_fps)
+        clips.append(clip)
+    frames = min(len(c.frames) for c in clips)
+    if any(len(c.frames) != frames for c in clips):
+        print(f"fantasyportrait: the videos have {', '.join(str(len(c.frames)) for c in clips)} frames; "
+              f"all are trimmed to the shortest, {frames}", file=sys.stderr)
+
+    results = []
+    for k, clip in enumerate(clips):
+        name = os.path.basename(clip.source)
+        result = extract_features(clip.frames[:frames], models, min_face=args.min_face, persons=args.persons,
+                                  batch_size=args.batch_size, fps=clip.fps, source=name,
+                                  progress=_progress_printer(f"{name}: tracking and encoding"))
+        for note in result.notes:
+            print(f"fantasyportrait: {name}: {note}", file=sys.stderr)
+        print(f"{name}: {result.tracks.num_persons} person(s) over {frames} frames", file=sys.stderr)
+        results.append(result)
+        if args.preview:
+            root, ext = os.path.splitext(args.preview)
+            out = args.preview if len(clips) == 1 else f"{root}_{k + 1}{ext or '.mp4'}"
+            write_video(out, draw_preview(clip.frames[:frames], result.tracks), clip.fps)
+            print(f"wrote preview {out}", file=sys.stderr)
+
+    tensors = {
+        "features": torch.cat([r.features for r in results]).float().contiguous(),
+        "boxes": torch.from_numpy(np.concatenate([r.tracks.boxes for r in results])).float(),
+        "landmarks": torch.from_numpy(np.concatenate([r.tracks.landmarks for r in results])).float(),
+        "valid": torch.from_numpy(np.concatenate([r.tracks.valid for r in results])),
+    }
+    metadata = {
+        "fps": f"{target_fps:g}",
+        "num_frames": str(frames),
+        "num_persons": str(tensors["features"].shape[0]),
+        "sources": json.dumps([os.path.basename(c.source) for c in clips]),
+        "persons_per_source": json.dumps([r.tracks.num_persons for r in results]),
+        "frame_sizes": json.dumps([list(r.tracks.frame_size) for r in results]),
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    save_file(tensors, args.out, metadata=metadata)
+    print(f"wrote {args.out}: features {tuple(tensors['features'].shape)} at {target_fps:g} fps")
+    return 0
 
 
 def _cmd_encode(args) -> int:
@@ -91,11 +205,7 @@ def _cmd_encode(args) -> int:
         raise FantasyPortraitError(f"Cannot use device {args.device!r}: {exc}") from exc
     scales = GroupScales(proj=args.proj_scale, mouth=args.mouth_scale, emo=args.emo_scale)
 
-    def progress(done, total):
-        print(f"\rencoding frames {done}/{total}", end="", file=sys.stderr, flush=True)
-
-    embeds = encode_features(encoder, features, scales, progress=progress)
-    print(file=sys.stderr)
+    embeds = encode_features(encoder, features, scales, progress=_progress_printer("encoding frames"))
     metadata = {
         "num_frames": str(embeds.num_frames),
         "tokens_per_frame": str(embeds.tokens_per_frame),

@@ -1,0 +1,146 @@
+"""Driving frames -> face tracks -> aligned crops -> per-person expression features."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .align import CROP_SIZE, align_face
+from .errors import FantasyPortraitError
+from .faces import DEFAULT_MIN_FACE, FaceDetector, LandmarkModel, to_uint8
+from .motion_encoder import MotionEncoder, crops_to_tensor, load_motion_encoder
+from .tracking import FaceTracks, keep_persons, track_faces
+
+MODEL_FILES = {"detector": "face_det.onnx", "landmarks": "face_landmark.onnx", "motion": "pd_fpg.pth"}
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class FaceModels:
+    detector: FaceDetector
+    landmarker: LandmarkModel
+    motion_encoder: MotionEncoder | None = None
+
+
+def load_face_models(models_dir: str | None = None, detector: str | None = None, landmarks: str | None = None,
+                     motion: str | None = None, providers=None, dtype=torch.float32) -> FaceModels:
+    """Load the released face models from a folder holding the released file names, or from paths."""
+    def path_of(kind, given):
+        if given:
+            return given
+        if models_dir is None:
+            raise FantasyPortraitError(f"No path given for {MODEL_FILES[kind]}.")
+        return os.path.join(models_dir, MODEL_FILES[kind])
+
+    if models_dir is not None and not os.path.isdir(models_dir):
+        raise FantasyPortraitError(f"Models folder not found: {models_dir}")
+    det = FaceDetector(path_of("detector", detector), providers)
+    lmk = LandmarkModel(path_of("landmarks", landmarks), providers)
+    motion_path = path_of("motion", motion) if (motion or models_dir) else None
+    enc = None
+    if motion_path is not None:
+        if not os.path.isfile(motion_path):
+            raise FantasyPortraitError(
+                f"Motion encoder not found: {motion_path}. Put pd_fpg.pth there, or use the single-file "
+                "FantasyPortrait safetensors, which contains it under 'pd_fpg.'.")
+        enc = load_motion_encoder(motion_path, dtype)
+    return FaceModels(det, lmk, enc)
+
+
+def frames_to_uint8(frames) -> np.ndarray:
+    """ComfyUI IMAGE tensor / float array / uint8 array -> uint8 RGB ``[F, H, W, 3]``."""
+    if isinstance(frames, torch.Tensor):
+        frames = frames.detach().cpu().numpy()
+    frames = np.asarray(frames)
+    if frames.ndim == 3:
+        frames = frames[None]
+    if frames.ndim != 4 or frames.shape[-1] not in (3, 4):
+        raise FantasyPortraitError(f"Frames must be [frames, height, width, 3]; got shape {frames.shape}.")
+    return to_uint8(frames[..., :3])
+
+
+def aligned_crops(frames: np.ndarray, tracks: FaceTracks, size: int = CROP_SIZE) -> np.ndarray:
+    """``[P, F, size, size, 3]`` uint8 aligned faces (released template, bicubic)."""
+    out = np.zeros((tracks.num_persons, tracks.num_frames, size, size, 3), np.uint8)
+    for p in range(tracks.num_persons):
+        for f in range(tracks.num_frames):
+            out[p, f] = align_face(frames[f], tracks.landmarks[p, f], size)
+    return out
+
+
+@torch.inference_mode()
+def encode_crops(encoder: MotionEncoder, crops: np.ndarray, batch_size: int = 32, device=None,
+                 progress: Progress | None = None) -> torch.Tensor:
+    """``[N, 224, 224, 3]`` uint8 crops -> ``[N, 554]`` float32 features, in batches."""
+    param = next(encoder.parameters())
+    device = device or param.device
+    out = []
+    for start in range(0, len(crops), batch_size):
+        x = crops_to_tensor(crops[start:start + batch_size]).to(device=device, dtype=param.dtype)
+        out.append(encoder(x).float().cpu())
+        if progress is not None:
+            progress(min(start + batch_size, len(crops)), len(crops))
+    return torch.cat(out) if out else torch.zeros(0, 554)
+
+
+@dataclass
+class ExpressionFeatures:
+    features: torch.Tensor  # [P, F, 554] float32
+    tracks: FaceTracks
+    fps: float | None = None
+
+    @property
+    def notes(self) -> list[str]:
+        return self.tracks.notes
+
+
+def extract_features(frames, models: FaceModels, min_face: float = DEFAULT_MIN_FACE, persons: int = 0,
+                     batch_size: int = 32, fps: float | None = None, source: str = "the driving clip",
+                     progress: Progress | None = None) -> ExpressionFeatures:
+    """The whole face pipeline on one clip. ``progress(done, total)`` covers tracking and encoding."""
+    if models.motion_encoder is None:
+        raise FantasyPortraitError("No motion encoder loaded (pd_fpg.pth): cannot extract expression features.")
+    frames = frames_to_uint8(frames)
+    n = len(frames)
+    if n < 2:
+        raise FantasyPortraitError(
+            f"{source} has a single frame; a driving clip needs motion: use a video (Wan makes 4k+1 frames, "
+            "so at least 5).")
+    total = 2 * n
+    tracks = track_faces(frames, models.detector, models.landmarker, min_face=min_face, source=source,
+                         progress=(lambda d, t: progress(d, total)) if progress else None)
+    tracks = keep_persons(tracks, persons)
+    crops = aligned_crops(frames, tracks).reshape(-1, CROP_SIZE, CROP_SIZE, 3)
+    feats = encode_crops(models.motion_encoder, crops, batch_size,
+                         progress=(lambda d, t: progress(n + d * n // max(t, 1), total)) if progress else None)
+    return ExpressionFeatures(feats.reshape(tracks.num_persons, n, -1), tracks, fps)
+
+
+PERSON_COLOURS = [(230, 60, 60), (60, 160, 230), (80, 200, 80), (230, 180, 40), (180, 90, 220), (40, 200, 200)]
+
+
+def draw_preview(frames: np.ndarray, tracks: FaceTracks, landmarks: bool = True) -> np.ndarray:
+    """Frames with each person's box, id and landmarks drawn (dashed-looking thin box where filled)."""
+    import cv2
+
+    out = frames_to_uint8(frames).copy()
+    scale = max(1, round(max(out.shape[1:3]) / 640))
+    for f in range(min(len(out), tracks.num_frames)):
+        img = out[f]
+        for p in range(tracks.num_persons):
+            colour = PERSON_COLOURS[p % len(PERSON_COLOURS)]
+            x0, y0, x1, y1 = [int(round(v)) for v in tracks.boxes[p, f]]
+            found = bool(tracks.valid[p, f])
+            cv2.rectangle(img, (x0, y0), (x1, y1), colour, 2 * scale if found else scale)
+            label = f"{p}" if found else f"{p} (filled)"
+            cv2.putText(img, label, (x0, max(0, y0 - 6 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.7 * scale, colour,
+                        2 * scale, cv2.LINE_AA)
+            if landmarks:
+                for x, y in tracks.landmarks[p, f]:
+                    cv2.circle(img, (int(round(x)), int(round(y))), scale, colour, -1)
+    return out

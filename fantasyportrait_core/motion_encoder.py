@@ -1,0 +1,158 @@
+"""The PD-FGC motion encoder (``FanEncoder``) that turns an aligned face into expression features.
+
+Module names match the released ``pd_fpg.pth`` state dict exactly (``model.*`` for the FAN
+backbone, ``to_mouth``/``to_headpose``/``to_eye``/``to_emo`` heads, ``*_embed`` projections), so
+it loads strictly. Per frame it outputs head pose 6, eyes 6, emotion 30 and the 512-d mouth
+feature (the output of ``to_mouth``; ``mouth_embed`` is in the weights but unused).
+
+Input: aligned 224x224 RGB crops scaled to [-1, 1], ``[N, 3, 224, 224]``; frames are
+independent (BatchNorm in eval mode), so any batch size gives the same per-frame result.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoints import MOTION_ENCODER_PREFIX, _key_error, read_state_dict
+from .errors import CheckpointError
+
+
+def _conv3x3(cin, cout):
+    return nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
+
+
+class ConvBlock(nn.Module):
+    """Pre-activation block: three 3x3 convs (out/2, out/4, out/4) concatenated, plus residual."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(cin), _conv3x3(cin, cout // 2)
+        self.bn2, self.conv2 = nn.BatchNorm2d(cout // 2), _conv3x3(cout // 2, cout // 4)
+        self.bn3, self.conv3 = nn.BatchNorm2d(cout // 4), _conv3x3(cout // 4, cout // 4)
+        self.downsample = None
+        if cin != cout:
+            self.downsample = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(True), nn.Conv2d(cin, cout, 1, bias=False))
+
+    def forward(self, x):
+        o1 = self.conv1(F.relu(self.bn1(x)))
+        o2 = self.conv2(F.relu(self.bn2(o1)))
+        o3 = self.conv3(F.relu(self.bn3(o2)))
+        residual = x if self.downsample is None else self.downsample(x)
+        return torch.cat([o1, o2, o3], 1) + residual
+
+
+class HourGlass(nn.Module):
+    """Recursive hourglass; level ``n`` has ``b1_n`` (skip), ``b2_n`` (down), ``b3_n`` (up) blocks."""
+
+    def __init__(self, depth: int, features: int):
+        super().__init__()
+        self.depth = depth
+        for level in range(depth, 0, -1):
+            self.add_module(f"b1_{level}", ConvBlock(features, features))
+            self.add_module(f"b2_{level}", ConvBlock(features, features))
+            if level == 1:
+                self.add_module("b2_plus_1", ConvBlock(features, features))
+            self.add_module(f"b3_{level}", ConvBlock(features, features))
+
+    def _level(self, level, x):
+        up = self._modules[f"b1_{level}"](x)
+        low = self._modules[f"b2_{level}"](F.max_pool2d(x, 2, stride=2))
+        low = self._level(level - 1, low) if level > 1 else self._modules["b2_plus_1"](low)
+        low = self._modules[f"b3_{level}"](low)
+        return up + F.interpolate(low, size=up.shape[-2:], mode="bilinear", align_corners=False)
+
+    def forward(self, x):
+        return self._level(self.depth, x)
+
+
+class FanBackbone(nn.Module):
+    """One FAN hourglass stack reduced to a 512-d face descriptor."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.conv2 = ConvBlock(64, 128)
+        self.conv3 = ConvBlock(128, 128)
+        self.conv4 = ConvBlock(128, 256)
+        self.m0 = HourGlass(4, 256)
+        self.top_m_0 = ConvBlock(256, 256)
+        self.conv_last0 = nn.Conv2d(256, 256, 1)
+        self.bn_end0 = nn.BatchNorm2d(256)
+        self.l0 = nn.Conv2d(256, 68, 1)
+        self.bn5 = nn.BatchNorm2d(68)
+        self.conv6 = nn.Conv2d(68, 1, 3, 2, 1)
+        self.fc = nn.Linear(28 * 28, 512)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.max_pool2d(self.conv2(x), 2)
+        x = self.conv4(self.conv3(x))
+        x = self.top_m_0(self.m0(x))
+        x = self.l0(F.relu(self.bn_end0(self.conv_last0(x))))
+        x = self.conv6(F.relu(self.bn5(x)))
+        return self.fc(F.relu(x.flatten(1)))
+
+
+def _head():
+    return nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.BatchNorm1d(512), nn.Linear(512, 512))
+
+
+class MotionEncoder(nn.Module):
+    """PD-FGC ``FanEncoder``: aligned faces -> [headpose 6, eye 6, emo 30, mouth 512] = 554."""
+
+    def __init__(self, pose_dim: int = 6, eye_dim: int = 6, emo_dim: int = 30):
+        super().__init__()
+        self.model = FanBackbone()
+        self.to_mouth = _head()
+        self.mouth_embed = nn.Sequential(nn.ReLU(), nn.Linear(512, 512 - pose_dim - eye_dim))
+        self.to_headpose = _head()
+        self.headpose_embed = nn.Sequential(nn.ReLU(), nn.Linear(512, pose_dim))
+        self.to_eye = _head()
+        self.eye_embed = nn.Sequential(nn.ReLU(), nn.Linear(512, eye_dim))
+        self.to_emo = _head()
+        self.emo_embed = nn.Sequential(nn.ReLU(), nn.Linear(512, emo_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.model(x)
+        headpose = self.headpose_embed(self.to_headpose(x))
+        eye = self.eye_embed(self.to_eye(x))
+        emo = self.emo_embed(self.to_emo(x))
+        return torch.cat([headpose, eye, emo, self.to_mouth(x)], dim=1)
+
+
+def crops_to_tensor(crops: np.ndarray) -> torch.Tensor:
+    """``[N, 224, 224, 3]`` uint8 RGB -> ``[N, 3, 224, 224]`` float in [-1, 1] (x/255*2-1)."""
+    return torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 255.0 * 2 - 1
+
+
+def motion_encoder_from_state_dict(state: dict, name: str = "pd_fpg.pth", dtype=torch.float32) -> MotionEncoder:
+    """Strictly load a PD-FGC state dict (unprefixed, or with the single file's ``pd_fpg.``)."""
+    if any(k.startswith(MOTION_ENCODER_PREFIX) for k in state):
+        state = {k[len(MOTION_ENCODER_PREFIX):]: v for k, v in state.items() if k.startswith(MOTION_ENCODER_PREFIX)}
+    with torch.device("meta"):
+        encoder = MotionEncoder()
+    expected = encoder.state_dict()
+    if not any(k in state for k in expected):
+        raise CheckpointError(
+            f"{name} is not the PD-FGC motion encoder (pd_fpg.pth); its first keys are: {', '.join(sorted(state)[:5])}.")
+    missing = sorted(k for k in expected if k not in state)
+    unexpected = sorted(k for k in state if k not in expected)
+    if missing or unexpected:
+        raise _key_error(name, missing, unexpected, "PD-FGC motion encoder (pd_fpg.pth)")
+    bad = [f"{k}: {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
+           if state[k].shape != v.shape]
+    if bad:
+        raise CheckpointError(f"{name}: tensors of the wrong shape: {'; '.join(bad[:8])}.")
+    encoder.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()},
+                            strict=True, assign=True)
+    return encoder.eval()
+
+
+def load_motion_encoder(path: str, dtype=torch.float32) -> MotionEncoder:
+    return motion_encoder_from_state_dict(read_state_dict(path), os.path.basename(path), dtype)
