@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep the N persons found in most frames of each video (default: all persons found)")
     ext.add_argument("--min-face", type=float, default=96, metavar="PX",
                      help="smallest face (landmark box side, pixels) that is kept; released value 96")
-    ext.add_argument("--batch-size", type=int, default=32, metavar="N",
-                     help="aligned faces per motion-encoder batch (default 32)")
+    ext.add_argument("--batch-size", type=int, metavar="N",
+                     help="aligned faces per motion-encoder batch (default: 1 on CPU, where larger batches measured slower, 32 on GPU)")
     ext.add_argument("--device", default="cpu", help="torch device for the motion encoder, e.g. cpu or cuda (default cpu)")
     ext.add_argument("--preview", metavar="PREVIEW.mp4",
                      help="also write a video with each person's box, id and landmarks drawn (one file per "

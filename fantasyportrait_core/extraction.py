@@ -73,15 +73,25 @@ def aligned_crops(frames: np.ndarray, tracks: FaceTracks, size: int = CROP_SIZE)
     return out
 
 
+def default_batch_size(device) -> int:
+    """Measured on a 2-core CPU, channels-last: batch 1 is fastest there (1.2 s per 32 faces; 1.5 s
+    at batch 4, 2.2 s at 32: larger batches spill the hourglass activations out of cache). GPUs,
+    where each call costs hundreds of kernel launches, want large batches."""
+    return 1 if torch.device(device).type == "cpu" else 32
+
+
 @torch.inference_mode()
-def encode_crops(encoder: MotionEncoder, crops: np.ndarray, batch_size: int = 32, device=None,
+def encode_crops(encoder: MotionEncoder, crops: np.ndarray, batch_size: int | None = None, device=None,
                  progress: Progress | None = None) -> torch.Tensor:
-    """``[N, 224, 224, 3]`` uint8 crops -> ``[N, 554]`` float32 features, in batches."""
+    """``[N, 224, 224, 3]`` uint8 crops -> ``[N, 554]`` float32 features, in batches (channels-last)."""
     param = next(encoder.parameters())
     device = device or param.device
+    batch_size = batch_size or default_batch_size(device)
+    encoder.to(memory_format=torch.channels_last)
     out = []
     for start in range(0, len(crops), batch_size):
-        x = crops_to_tensor(crops[start:start + batch_size]).to(device=device, dtype=param.dtype)
+        x = crops_to_tensor(crops[start:start + batch_size]).to(device=device, dtype=param.dtype,
+                                                                 memory_format=torch.channels_last)
         out.append(encoder(x).float().cpu())
         if progress is not None:
             progress(min(start + batch_size, len(crops)), len(crops))
@@ -100,7 +110,7 @@ class ExpressionFeatures:
 
 
 def extract_features(frames, models: FaceModels, min_face: float = DEFAULT_MIN_FACE, persons: int = 0,
-                     batch_size: int = 32, fps: float | None = None, source: str = "the driving clip",
+                     batch_size: int | None = None, fps: float | None = None, source: str = "the driving clip",
                      progress: Progress | None = None) -> ExpressionFeatures:
     """The whole face pipeline on one clip. ``progress(done, total)`` covers tracking and encoding."""
     if models.motion_encoder is None:

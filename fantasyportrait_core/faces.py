@@ -310,3 +310,43 @@ class LandmarkSmoother:
 
 def landmark_box(points: np.ndarray) -> np.ndarray:
     return np.array([points[:, 0].min(), points[:, 1].min(), points[:, 0].max(), points[:, 1].max()])
+
+
+class InsightFaceDetector:
+    """Optional detection backend: insightface's SCRFD through ``FaceAnalysis``, from a local model
+    folder (``<root>/models/<name>/`` holding the SCRFD ``det_*.onnx``; nothing is downloaded).
+
+    Same interface as :class:`FaceDetector`; landmarks still come from the released 222-point
+    model, so only the boxes that seed new faces change.
+    """
+
+    def __init__(self, root: str, name: str = "buffalo_l", det_size: int = 640, providers=None):
+        import os
+
+        from .errors import require
+        from .onnx_models import default_providers
+
+        require("insightface", "The insightface detector backend", "insightface")
+        from insightface.app import FaceAnalysis
+
+        folder = os.path.join(root, "models", name)
+        if not os.path.isdir(folder):
+            raise FantasyPortraitError(
+                f"insightface model folder not found: {folder}. Put the SCRFD detector (e.g. det_10g.onnx of "
+                f"{name}) there; it is not downloaded automatically.")
+        providers = list(providers or default_providers())
+        try:
+            self.app = FaceAnalysis(name=name, root=root, allowed_modules=["detection"], providers=providers)
+            self.app.prepare(ctx_id=0 if "CUDAExecutionProvider" in providers else -1, det_size=(det_size, det_size))
+        except Exception as exc:
+            raise FantasyPortraitError(f"insightface could not load the detector from {folder}: {exc}") from exc
+
+    def detect(self, frame_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        check_frame(frame_rgb)
+        faces = self.app.get(_bgr(frame_rgb))
+        if not faces:
+            return np.zeros((0, 4)), np.zeros(0)
+        boxes = np.array([f.bbox for f in faces], dtype=np.float64)
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, frame_rgb.shape[1])
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, frame_rgb.shape[0])
+        return boxes, np.array([f.det_score for f in faces], dtype=np.float64)

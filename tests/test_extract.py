@@ -97,3 +97,16 @@ def test_resample_indices():
     assert resample_indices(10, 30.0, 15.0).tolist() == [0, 2, 4, 6, 8]
     assert resample_indices(4, 10.0, 25.0).tolist() == [0, 0, 1, 1, 2, 2, 2, 3, 3, 3]
     assert resample_indices(0, 10.0, 25.0).tolist() == []
+
+
+def test_extract_output_feeds_encode(models_dir, tmp_path, tiny_adapter_state):
+    from checkpoint_factory import save_ckpt
+
+    feats = tmp_path / "feats.safetensors"
+    assert main(["extract", "--video", media_path("jgz.mp4"), "--models", str(models_dir), "--out", str(feats),
+                 "--max-frames", "7"]) == 0
+    ckpt = save_ckpt(tmp_path / "fantasyportrait_model.ckpt", tiny_adapter_state)
+    out = tmp_path / "tokens.safetensors"
+    assert main(["encode", "--adapter", str(ckpt), "--features", str(feats), "--out", str(out), "--fit", "trim"]) == 0
+    data = load_file(out)
+    assert data["tokens"].shape == (1, 5 * 24, 32) and data["windows"].shape == (1, 2, 97, 32)

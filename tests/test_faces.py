@@ -152,3 +152,17 @@ def test_wrong_model_file_is_refused(tmp_path):
 def test_box_matches_landmarks():
     pts = np.array([[1.0, 5.0], [3.0, 2.0], [2.0, 9.0]])
     assert landmark_box(pts).tolist() == [1.0, 2.0, 3.0, 9.0]
+
+
+def test_insightface_backend_reports_missing_dependency(tmp_path):
+    import importlib.util
+
+    from fantasyportrait_core import MissingDependencyError
+    from fantasyportrait_core.faces import InsightFaceDetector
+
+    if importlib.util.find_spec("insightface") is not None:
+        with pytest.raises(FantasyPortraitError, match="model folder not found"):
+            InsightFaceDetector(str(tmp_path))
+    else:
+        with pytest.raises(MissingDependencyError, match="pip install insightface"):
+            InsightFaceDetector(str(tmp_path))
