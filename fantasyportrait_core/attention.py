@@ -126,3 +126,27 @@ def adapter_cross_attention(
     if isinstance(scale, torch.Tensor):
         scale = scale.to(device=out.device, dtype=out.dtype).reshape(-1, 1, 1)
     return out * scale
+
+
+class AdapterProjections(torch.nn.Module):
+    """The per-block K/V projections as one module (``blocks.{i}.k`` / ``.v``), so a host can load,
+    offload and cast them like any model."""
+
+    def __init__(self, weights: dict[int, tuple[torch.Tensor, torch.Tensor]]):
+        super().__init__()
+        count = max(weights) + 1
+        blocks = []
+        for i in range(count):
+            k, v = weights[i]
+            block = torch.nn.Module()
+            block.k = torch.nn.Parameter(k, requires_grad=False)
+            block.v = torch.nn.Parameter(v, requires_grad=False)
+            blocks.append(block)
+        self.blocks = torch.nn.ModuleList(blocks)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def project(self, index: int, windows: torch.Tensor):
+        block = self.blocks[index]
+        return project_window_kv(windows, block.k, block.v)

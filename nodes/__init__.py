@@ -4,5 +4,7 @@ Each ``nodes_<feature>.py`` module defines ``NODE_CLASS_MAPPINGS`` and
 ``NODE_DISPLAY_NAME_MAPPINGS``; they are merged here.
 """
 
-NODE_CLASS_MAPPINGS = {}
-NODE_DISPLAY_NAME_MAPPINGS = {}
+from . import nodes_fantasyportrait
+
+NODE_CLASS_MAPPINGS = {**nodes_fantasyportrait.NODE_CLASS_MAPPINGS}
+NODE_DISPLAY_NAME_MAPPINGS = {**nodes_fantasyportrait.NODE_DISPLAY_NAME_MAPPINGS}

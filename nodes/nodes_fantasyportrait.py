@@ -1,0 +1,379 @@
+"""FantasyPortrait nodes: loaders, face tracking, expression extraction, encoding, the patched Wan
+sampler, and the MODEL-patch + GUIDER pair for SamplerCustomAdvanced. Logic lives in
+``fantasyportrait_core``; these classes only translate ComfyUI types."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import torch
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import folder_paths
+import latent_preview
+
+from ..fantasyportrait_core.adapter import GroupScales
+from ..fantasyportrait_core.checkpoints import load_adapter
+from ..fantasyportrait_core.encoding import PortraitEmbeds, encode_features
+from ..fantasyportrait_core.errors import FantasyPortraitError
+from ..fantasyportrait_core.extraction import (FaceModels, aligned_crops, draw_preview, encode_crops,
+                                               frames_to_uint8)
+from ..fantasyportrait_core.faces import FaceDetector, LandmarkModel
+from ..fantasyportrait_core.motion_encoder import load_motion_encoder
+from ..fantasyportrait_core.tracking import keep_persons, track_faces
+from ..fantasyportrait_core.windows import fit_frame_count, latent_frame_count, nearest_valid_frame_counts
+from .common import CATEGORY, FOLDER, Progress, adapter_files, adapter_path, register_model_folder
+
+log = logging.getLogger("FantasyPortrait")
+register_model_folder()
+
+_CACHE: dict = {}
+
+
+def _cached(key, build):
+    if key not in _CACHE:
+        _CACHE[key] = build()
+    return _CACHE[key]
+
+
+def _file_key(path):
+    st = os.stat(path)
+    return (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+
+
+def _to_image(arr: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(arr)).float() / 255.0
+
+
+class FantasyPortraitModelLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_name": (adapter_files(), {"tooltip": "FantasyPortrait adapter: fantasyportrait_model.ckpt or "
+                                             "Wan2_1_FantasyPortrait_fp16.safetensors, from models/fantasyportrait/ "
+                                             "(or models/diffusion_models/)."}),
+            "dtype": (["bf16", "fp16", "fp32"], {"default": "bf16", "tooltip": "Precision of the adapter weights."}),
+        }}
+
+    RETURN_TYPES = ("FANTASYPORTRAIT_MODEL",)
+    RETURN_NAMES = ("adapter",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Loads the FantasyPortrait adapter (expression-token encoder and per-block projections)."
+
+    def load(self, model_name, dtype):
+        path = adapter_path(model_name)
+        return (_cached(("adapter", _file_key(path), dtype), lambda: load_adapter(path, dtype=dtype)),)
+
+
+class FantasyPortraitFaceModelLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        onnx = [f for f in folder_paths.get_filename_list(FOLDER) if f.lower().endswith(".onnx")]
+        motion = [f for f in folder_paths.get_filename_list(FOLDER) if f.lower().endswith((".pth", ".safetensors"))]
+        motion += [f for f in folder_paths.get_filename_list("diffusion_models") if "portrait" in f.lower()]
+        return {"required": {
+            "detector": (onnx, {"default": "face_det.onnx", "tooltip": "Released face detector face_det.onnx "
+                                "(models/fantasyportrait/)."}),
+            "landmarks": (onnx, {"default": "face_landmark.onnx", "tooltip": "Released 222-point landmark model "
+                                 "face_landmark.onnx (models/fantasyportrait/)."}),
+            "motion_encoder": (motion, {"tooltip": "PD-FGC motion encoder: pd_fpg.pth, or the single-file "
+                                        "FantasyPortrait .safetensors (its pd_fpg. part is used)."}),
+            "device": (["auto", "cpu"], {"default": "auto", "tooltip": "auto: the GPU ComfyUI uses (ONNX models "
+                                         "on CUDA when onnxruntime-gpu is installed); cpu: keep the face models off "
+                                         "the GPU."}),
+        }}
+
+    RETURN_TYPES = ("FANTASYPORTRAIT_FACE_MODELS",)
+    RETURN_NAMES = ("face_models",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Loads the face detector, landmark model and motion encoder once; reused across runs."
+
+    def load(self, detector, landmarks, motion_encoder, device):
+        def full(name):
+            path = folder_paths.get_full_path(FOLDER, name) or folder_paths.get_full_path("diffusion_models", name)
+            if path is None:
+                raise FantasyPortraitError(f"{name} not found in models/{FOLDER}/.")
+            return path
+
+        paths = [full(detector), full(landmarks), full(motion_encoder)]
+        providers = ["CPUExecutionProvider"] if device == "cpu" else None
+        key = ("faces", tuple(_file_key(p) for p in paths), device)
+
+        def build():
+            enc = load_motion_encoder(paths[2])
+            return FaceModels(FaceDetector(paths[0], providers), LandmarkModel(paths[1], providers), enc)
+
+        models = _cached(key, build)
+        models.torch_device = comfy.model_management.get_torch_device() if device == "auto" else torch.device("cpu")
+        return (models,)
+
+
+class FantasyPortraitFaceTracker:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "face_models": ("FANTASYPORTRAIT_FACE_MODELS", {"tooltip": "From FantasyPortrait Face Model Loader."}),
+            "images": ("IMAGE", {"tooltip": "Driving video frames (e.g. from Load Video + Get Video Components)."}),
+            "min_face": ("INT", {"default": 96, "min": 16, "max": 1024, "tooltip": "Smallest face kept (landmark box "
+                                 "side, pixels). The released value is 96; lower it for small faces."}),
+            "persons": ("INT", {"default": 0, "min": 0, "max": 16, "tooltip": "Keep the N persons found in most "
+                                "frames (0 = everyone). Persons are numbered left to right."}),
+        }}
+
+    RETURN_TYPES = ("FANTASYPORTRAIT_TRACKS", "IMAGE", "IMAGE")
+    RETURN_NAMES = ("tracks", "aligned_faces", "preview")
+    FUNCTION = "track"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Detects and tracks every face through the clip with stable ids, fills frames where a person "
+                   "was missed (reported in the log), and shows boxes, ids and landmarks.")
+
+    def track(self, face_models, images, min_face, persons):
+        frames = frames_to_uint8(images)
+        tracks = track_faces(frames, face_models.detector, face_models.landmarker, min_face=min_face,
+                             progress=Progress(len(frames)), source="the driving frames")
+        tracks = keep_persons(tracks, persons)
+        for note in tracks.notes:
+            log.warning("FantasyPortrait: %s", note)
+        crops = aligned_crops(frames, tracks).reshape(-1, 224, 224, 3)
+        return ({"tracks": tracks, "frames": frames}, _to_image(crops), _to_image(draw_preview(frames, tracks)))
+
+
+class FantasyPortraitExpressionExtractor:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "face_models": ("FANTASYPORTRAIT_FACE_MODELS", {"tooltip": "From FantasyPortrait Face Model Loader."}),
+            "tracks": ("FANTASYPORTRAIT_TRACKS", {"tooltip": "From FantasyPortrait Face Tracker."}),
+            "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "tooltip": "Frame rate of the driving "
+                              "frames (kept with the features so the output video can use it)."}),
+        }}
+
+    RETURN_TYPES = ("FANTASYPORTRAIT_FEATURES",)
+    RETURN_NAMES = ("features",)
+    FUNCTION = "extract"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Runs the PD-FGC motion encoder on every aligned face: per person, 554 numbers per frame."
+
+    def extract(self, face_models, tracks, fps):
+        t, frames = tracks["tracks"], tracks["frames"]
+        crops = aligned_crops(frames, t).reshape(-1, 224, 224, 3)
+        device = getattr(face_models, "torch_device", torch.device("cpu"))
+        encoder = face_models.motion_encoder.to(device)
+        try:
+            feats = encode_crops(encoder, crops, device=device, progress=Progress(len(crops)))
+        finally:
+            face_models.motion_encoder.to("cpu")
+        return ({"features": feats.reshape(t.num_persons, t.num_frames, -1), "fps": fps, "tracks": t},)
+
+
+class FantasyPortraitEncode:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "adapter": ("FANTASYPORTRAIT_MODEL", {"tooltip": "From FantasyPortrait Model Loader."}),
+            "features": ("FANTASYPORTRAIT_FEATURES", {"tooltip": "From FantasyPortrait Expression Extractor."}),
+            "person": ("INT", {"default": 0, "min": 0, "max": 15, "tooltip": "Which tracked person drives the "
+                               "portrait (0 = leftmost)."}),
+            "num_frames": ("INT", {"default": 0, "min": 0, "max": 4097, "step": 1, "tooltip": "Output length in "
+                                   "frames (4k+1, as in WanImageToVideo's length). 0 = from the driving clip."}),
+            "frame_fit": (["trim", "pad"], {"default": "trim", "tooltip": "When the clip is not 4k+1 frames long (or "
+                                            "differs from num_frames): trim it (released behaviour) or pad by "
+                                            "repeating the last frame."}),
+            "proj_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "Strength of "
+                                     "the 4 projection tokens (head pose, eyes, emotion, mouth)."}),
+            "mouth_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "Strength "
+                                      "of the 16 lip tokens."}),
+            "emo_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "Strength of "
+                                    "the 4 emotion tokens."}),
+        }}
+
+    RETURN_TYPES = ("FANTASYPORTRAIT_EMBEDS", "INT")
+    RETURN_NAMES = ("portrait_embeds", "num_frames")
+    FUNCTION = "encode"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Turns expression features into per-latent-frame token windows for the patched Wan model."
+
+    def encode(self, adapter, features, person, num_frames, frame_fit, proj_scale, mouth_scale, emo_scale):
+        feats = features["features"]
+        if person >= feats.shape[0]:
+            raise FantasyPortraitError(f"Person {person} was asked for but the driving clip has {feats.shape[0]} "
+                                       f"person(s) (numbered from 0, left to right).")
+        feats = feats[person:person + 1]
+        have = feats.shape[1]
+        if num_frames:
+            if (num_frames - 1) % 4:
+                lower, upper = nearest_valid_frame_counts(num_frames)
+                raise FantasyPortraitError(f"num_frames must be 4k+1; use {lower} or {upper}.")
+            if have > num_frames:
+                feats = feats[:, :num_frames]
+                log.warning("FantasyPortrait: trimmed the driving features from %d to %d frames", have, num_frames)
+            elif have < num_frames:
+                if frame_fit != "pad":
+                    raise FantasyPortraitError(
+                        f"The driving clip has {have} frames but {num_frames} were asked for; set frame_fit to pad "
+                        "or lower num_frames.")
+                pad = feats[:, -1:].expand(-1, num_frames - have, -1)
+                feats = torch.cat([feats, pad], 1)
+                log.warning("FantasyPortrait: padded the driving features from %d to %d frames", have, num_frames)
+        else:
+            feats, note = fit_frame_count(feats, frame_fit)
+            if note:
+                log.warning("FantasyPortrait: %s", note)
+        device = comfy.model_management.get_torch_device()
+        encoder = adapter.encoder.to(device)
+        try:
+            embeds = encode_features(encoder, feats, GroupScales(proj_scale, mouth_scale, emo_scale),
+                                     progress=Progress(feats.shape[1]))
+        finally:
+            adapter.encoder.to(comfy.model_management.unet_offload_device())
+        embeds.tokens, embeds.windows = embeds.tokens.cpu(), embeds.windows.cpu()
+        return ({"embeds": embeds, "mask": None, "fps": features.get("fps")}, embeds.num_frames)
+
+
+def _check_latent(embeds: PortraitEmbeds, latent):
+    t_lat = latent["samples"].shape[2] if latent["samples"].ndim == 5 else None
+    if t_lat is not None and t_lat != embeds.windows.shape[1]:
+        raise FantasyPortraitError(
+            f"The portrait embeds cover {embeds.num_frames} frames ({embeds.windows.shape[1]} latent frames) but the "
+            f"latent has {t_lat} latent frames ({4 * (t_lat - 1) + 1} frames). Set WanImageToVideo's length to "
+            f"{embeds.num_frames}, or num_frames in FantasyPortrait Encode to {4 * (t_lat - 1) + 1}.")
+
+
+def _patch(model, adapter, portrait_embeds, strength, start_percent, end_percent):
+    from ..fantasyportrait_core.comfy_wan import apply_portrait
+
+    return apply_portrait(model, adapter, portrait_embeds["embeds"].windows, strength, start_percent, end_percent,
+                          portrait_embeds.get("mask"))
+
+
+PATCH_INPUTS = {
+    "adapter": ("FANTASYPORTRAIT_MODEL", {"tooltip": "From FantasyPortrait Model Loader."}),
+    "portrait_embeds": ("FANTASYPORTRAIT_EMBEDS", {"tooltip": "From FantasyPortrait Encode (or the multi-portrait "
+                                                   "node)."}),
+    "portrait_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "Scale of the "
+                                    "adapter's cross-attention (1 = as trained; 0 = off)."}),
+    "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Sampling progress "
+                                "at which the portrait starts to act."}),
+    "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Sampling progress "
+                              "after which it stops."}),
+}
+
+
+class FantasyPortraitApply:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL", {"tooltip": "Native Wan 2.1 I2V 14B model (Load Diffusion Model); "
+                                                 "LoRAs may be applied before or after."}), **PATCH_INPUTS}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "apply"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Adds the portrait cross-attention to every Wan block (a patched copy; your MODEL is unchanged). "
+                   "Use with FantasyPortrait Guider for portrait_cfg; with a plain sampler the portrait acts in every "
+                   "pass.")
+
+    def apply(self, model, adapter, portrait_embeds, portrait_strength, start_percent, end_percent):
+        return (_patch(model, adapter, portrait_embeds, portrait_strength, start_percent, end_percent),)
+
+
+GUIDE_INPUTS = {
+    "cfg": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip": "Text "
+                      "guidance. Released setting: 1 (then the negative prompt is not evaluated)."}),
+    "portrait_cfg": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 20.0, "step": 0.1, "round": 0.01, "tooltip":
+                               "Portrait guidance (released: 4). 1 = none (no extra model pass)."}),
+}
+
+
+def _guider(model, positive, negative, cfg, portrait_cfg):
+    from ..fantasyportrait_core.comfy_wan import PortraitGuider
+
+    guider = PortraitGuider(model)
+    guider.set_cfg(cfg, portrait_cfg)
+    guider.set_conds(positive, negative)
+    return guider
+
+
+class FantasyPortraitGuider:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL", {"tooltip": "A model patched by FantasyPortrait Apply."}),
+                             "positive": ("CONDITIONING", {"tooltip": "From WanImageToVideo."}),
+                             "negative": ("CONDITIONING", {"tooltip": "From WanImageToVideo."}), **GUIDE_INPUTS}}
+
+    RETURN_TYPES = ("GUIDER",)
+    FUNCTION = "get_guider"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Guidance with a separate portrait scale, for SamplerCustomAdvanced."
+
+    def get_guider(self, model, positive, negative, cfg, portrait_cfg):
+        return (_guider(model, positive, negative, cfg, portrait_cfg),)
+
+
+class FantasyPortraitSampler:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "Native Wan 2.1 I2V 14B model (Load Diffusion Model), LoRAs welcome."}),
+            **PATCH_INPUTS,
+            "positive": ("CONDITIONING", {"tooltip": "From WanImageToVideo."}),
+            "negative": ("CONDITIONING", {"tooltip": "From WanImageToVideo."}),
+            "latent_image": ("LATENT", {"tooltip": "From WanImageToVideo (its length must match the embeds)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True,
+                             "tooltip": "Noise seed."}),
+            "steps": ("INT", {"default": 30, "min": 1, "max": 10000, "tooltip": "Released: 30."}),
+            **GUIDE_INPUTS,
+            "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"default": "euler", "tooltip": "Sampler."}),
+            "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"default": "simple", "tooltip": "Scheduler."}),
+            "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Denoise."}),
+        }}
+
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "sample"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "KSampler for native Wan with the FantasyPortrait branch and portrait guidance."
+
+    def sample(self, model, adapter, portrait_embeds, portrait_strength, start_percent, end_percent, positive, negative,
+               latent_image, seed, steps, cfg, portrait_cfg, sampler_name, scheduler, denoise):
+        _check_latent(portrait_embeds["embeds"], latent_image)
+        patched = _patch(model, adapter, portrait_embeds, portrait_strength, start_percent, end_percent)
+        guider = _guider(patched, positive, negative, cfg, portrait_cfg)
+        latent = comfy.sample.fix_empty_latent_channels(patched, latent_image["samples"])
+        noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
+        ksampler = comfy.samplers.KSampler(patched, steps=steps, device=patched.load_device, sampler=sampler_name,
+                                           scheduler=scheduler, denoise=denoise, model_options=patched.model_options)
+        callback = latent_preview.prepare_callback(patched, steps)
+        samples = guider.sample(noise, latent, comfy.samplers.sampler_object(sampler_name), ksampler.sigmas,
+                                denoise_mask=latent_image.get("noise_mask"), callback=callback,
+                                disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+        out = latent_image.copy()
+        out["samples"] = samples.to(comfy.model_management.intermediate_device())
+        return (out,)
+
+
+NODE_CLASS_MAPPINGS = {
+    "FantasyPortraitModelLoader": FantasyPortraitModelLoader,
+    "FantasyPortraitFaceModelLoader": FantasyPortraitFaceModelLoader,
+    "FantasyPortraitFaceTracker": FantasyPortraitFaceTracker,
+    "FantasyPortraitExpressionExtractor": FantasyPortraitExpressionExtractor,
+    "FantasyPortraitEncode": FantasyPortraitEncode,
+    "FantasyPortraitApply": FantasyPortraitApply,
+    "FantasyPortraitGuider": FantasyPortraitGuider,
+    "FantasyPortraitSampler": FantasyPortraitSampler,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "FantasyPortraitModelLoader": "FantasyPortrait Model Loader",
+    "FantasyPortraitFaceModelLoader": "FantasyPortrait Face Model Loader",
+    "FantasyPortraitFaceTracker": "FantasyPortrait Face Tracker",
+    "FantasyPortraitExpressionExtractor": "FantasyPortrait Expression Extractor",
+    "FantasyPortraitEncode": "FantasyPortrait Encode",
+    "FantasyPortraitApply": "FantasyPortrait Apply (MODEL patch)",
+    "FantasyPortraitGuider": "FantasyPortrait Guider",
+    "FantasyPortraitSampler": "FantasyPortrait Sampler",
+}

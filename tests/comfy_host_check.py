@@ -1,0 +1,128 @@
+"""Run inside a real ComfyUI's Python (see tests/test_comfyui.py): exactness checks of the Wan patch.
+
+argv: COMFYUI_DIR REPO_DIR. Prints one JSON object with the measured numbers.
+"""
+
+import json
+import os
+import sys
+import tempfile
+
+comfy_dir, repo = sys.argv[1], sys.argv[2]
+sys.argv = [sys.argv[0], "--cpu", "--use-pytorch-cross-attention"]
+os.chdir(comfy_dir)
+sys.path.insert(0, comfy_dir)
+sys.path.insert(0, os.path.join(repo, "tests"))
+
+import comfy.options  # noqa: E402
+
+comfy.options.enable_args_parsing()
+
+import torch  # noqa: E402
+
+import comfy.ops  # noqa: E402
+import comfy.sd  # noqa: E402
+import nodes  # noqa: E402
+from comfy.ldm.wan.model import WanModel  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+tmp = tempfile.mkdtemp()
+os.symlink(repo, os.path.join(tmp, "fantasyportrait_pack"))
+sys.path.insert(0, tmp)
+import fantasyportrait_pack  # noqa: E402
+from checkpoint_factory import adapter_state_dict, flatten  # noqa: E402
+from fantasyportrait_pack.fantasyportrait_core import adapter_from_state_dict  # noqa: E402
+from fantasyportrait_pack.fantasyportrait_core.encoding import encode_features  # noqa: E402
+from fantasyportrait_pack.fantasyportrait_core.attention import adapter_cross_attention, project_window_kv  # noqa: E402
+from fantasyportrait_pack.nodes import nodes_fantasyportrait as fp  # noqa: E402
+
+result = {"nodes": sorted(fantasyportrait_pack.NODE_CLASS_MAPPINGS)}
+
+# a tiny random native Wan 2.1 I2V checkpoint in ComfyUI's key layout
+torch.manual_seed(0)
+with torch.device("meta"):
+    shapes = WanModel(model_type="i2v", dim=256, ffn_dim=512, num_heads=2, num_layers=2, in_dim=36, out_dim=16,
+                      operations=comfy.ops.disable_weight_init).state_dict()
+sd = {}
+for k, v in shapes.items():
+    fan_in = v.shape[1] if v.ndim > 1 else v.shape[-1]
+    if "norm" in k and k.endswith("weight"):
+        sd[k] = 1 + 0.1 * torch.randn(v.shape)
+    else:
+        sd[k] = torch.randn(v.shape) / max(fan_in, 1) ** 0.5
+path = os.path.join(tmp, "tiny_wan_i2v.safetensors")
+save_file(sd, path)
+model = comfy.sd.load_diffusion_model(path)
+
+# conditioning as WanImageToVideo + a CLIP-vision output would give it (257 image tokens)
+class ClipOut:
+    penultimate_hidden_states = torch.randn(1, 257, 1280)
+
+g = torch.Generator().manual_seed(1)
+image = {"concat_latent_image": torch.randn(1, 16, 3, 8, 10, generator=g), "clip_vision_output": ClipOut()}
+positive = [[torch.randn(1, 12, 4096, generator=g), dict(image)]]
+negative = [[torch.randn(1, 12, 4096, generator=g), dict(image)]]
+latent = {"samples": torch.zeros(1, 16, 3, 8, 10)}
+
+adapter = adapter_from_state_dict(flatten(adapter_state_dict(model_dim=256, blocks=2, seed=3)))
+embeds = encode_features(adapter.encoder, torch.randn(1, 9, 554, generator=g))
+portrait = {"embeds": embeds, "mask": None}
+
+
+def run_fp(strength, cfg, pcfg, start=0.0, end=1.0):
+    return fp.FantasyPortraitSampler().sample(model, adapter, portrait, strength, start, end, positive, negative,
+                                              latent, 7, 3, cfg, pcfg, "euler", "simple", 1.0)[0]["samples"]
+
+
+stock = nodes.common_ksampler(model, 7, 3, 3.0, "euler", "simple", positive, negative, latent)[0]["samples"]
+off = run_fp(0.0, 3.0, 1.0)
+on = run_fp(1.0, 3.0, 1.0)
+result["off_equals_stock"] = bool(torch.equal(off, stock))
+result["on_rel_diff"] = float((on - stock).norm() / stock.norm())
+patched = fp.FantasyPortraitApply().apply(model, adapter, portrait, 1.0, 0.0, 1.0)[0]
+plain_on = nodes.common_ksampler(patched, 7, 3, 3.0, "euler", "simple", positive, negative, latent)[0]["samples"]
+result["apply_plus_ksampler_equals_sampler_pcfg1"] = float((plain_on - on).abs().max())
+three = run_fp(1.0, 3.0, 4.0)
+two = run_fp(1.0, 1.0, 4.0)
+result["three_pass_finite"] = bool(torch.isfinite(three).all())
+result["three_pass_rel_diff"] = float((three - on).norm() / on.norm())
+result["two_pass_finite"] = bool(torch.isfinite(two).all())
+result["inactive_window_equals_stock"] = bool(torch.equal(run_fp(1.0, 3.0, 1.0, start=0.99, end=1.0), stock))
+result["model_untouched"] = bool(torch.equal(
+    nodes.common_ksampler(model, 7, 3, 3.0, "euler", "simple", positive, negative, latent)[0]["samples"], stock))
+
+# block level: the patch equals the native block with scale * W_o(x_ad) (no bias) added beside the
+# cross-attention output (section 6 of the reference doc)
+dm = model.model.diffusion_model
+block = dm.blocks[1]
+x = torch.randn(2, 3 * 20, 256, generator=g)
+e = torch.randn(2, 6, 256, generator=g)
+ctx = torch.randn(2, 257 + 12, 256, generator=g)
+freqs = dm.rope_encode(3, 8, 10, device=x.device, dtype=x.dtype)
+k, v = project_window_kv(embeds.windows, adapter.blocks[1][0], adapter.blocks[1][1])
+scale = 0.8
+
+
+def hook(module, args, kwargs, output):
+    q = module.norm_q(module.q(args[0]))
+    return output + torch.nn.functional.linear(adapter_cross_attention(q, k, v, 2, scale), module.o.weight)
+
+
+torch.set_grad_enabled(False)
+handle = block.cross_attn.register_forward_hook(hook, with_kwargs=True)
+reference = block(x, e=e, freqs=freqs, context=ctx, context_img_len=257)
+handle.remove()
+from fantasyportrait_pack.fantasyportrait_core.comfy_wan import PortraitBlockPatch, PortraitState  # noqa: E402
+from fantasyportrait_pack.fantasyportrait_core.attention import AdapterProjections  # noqa: E402
+import comfy.model_patcher  # noqa: E402
+
+state = PortraitState(comfy.model_patcher.ModelPatcher(AdapterProjections(adapter.blocks.weights), "cpu", "cpu"),
+                      embeds.windows, None, scale, 1e9, -1.0, 2)
+info = {"scale": None, "context_img_len": 257, "active": True, "diffusion_model": dm}
+ours = PortraitBlockPatch(1, state)({"img": x, "txt": ctx, "vec": e, "pe": freqs,
+                                     "transformer_options": {"fantasyportrait": info}},
+                                    {"original_block": None})["img"]
+result["block_rel_diff"] = float((ours - reference).norm() / reference.norm())
+result["block_branch_rel_effect"] = float((reference - block(x, e=e, freqs=freqs, context=ctx, context_img_len=257)).norm()
+                                          / reference.norm())
+print("RESULT " + json.dumps(result))
