@@ -2,6 +2,7 @@
 
 ``fantasyportrait extract``: driving videos -> per-person expression features (face pipeline).
 ``fantasyportrait encode``: expression features -> expression tokens and per-latent-frame windows.
+``fantasyportrait run``: a whole workflow on a ComfyUI server, headless.
 """
 
 from __future__ import annotations
@@ -93,7 +94,38 @@ def build_parser() -> argparse.ArgumentParser:
                      help="compute dtype of the token encoder; the output is always float32 (default fp32)")
     enc.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu or cuda (default cpu)")
     enc.set_defaults(func=_cmd_encode)
+
+    run = sub.add_parser(
+        "run",
+        help="run an API-format workflow on a ComfyUI server and download the video",
+        description=(
+            "Upload the portrait image and driving video(s) to a running ComfyUI, put them into the workflow's "
+            "LoadImage and LoadVideo nodes (LoadVideo nodes in node-id order), queue it, show progress and "
+            "download the saved video. A failed run exits with status 1 and ComfyUI's node error."
+        ),
+    )
+    run.add_argument("--server", default="http://127.0.0.1:8188", help="ComfyUI address (default http://127.0.0.1:8188)")
+    run.add_argument("--workflow", required=True, metavar="W_api.json",
+                     help="API-format workflow, e.g. workflows/fantasyportrait_single_api.json")
+    run.add_argument("--image", metavar="IMG", help="portrait image for the workflow's LoadImage node")
+    run.add_argument("--video", action="append", default=[], metavar="VID",
+                     help="driving video; repeat for workflows with several LoadVideo nodes")
+    run.add_argument("--out", required=True, metavar="OUT.mp4", help="where to write the resulting video")
+    run.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds (default: wait)")
+    run.set_defaults(func=_cmd_run)
     return parser
+
+
+def _cmd_run(args) -> int:
+    from .runner import RunError, run
+
+    try:
+        out = run(args.server, args.workflow, args.image, args.video, args.out, timeout=args.timeout)
+    except RunError as exc:
+        print(f"fantasyportrait run: failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
 
 
 def _progress_printer(label: str):

@@ -20,11 +20,8 @@ comfy.options.enable_args_parsing()
 
 import torch  # noqa: E402
 
-import comfy.ops  # noqa: E402
 import comfy.sd  # noqa: E402
 import nodes  # noqa: E402
-from comfy.ldm.wan.model import WanModel  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
 
 tmp = tempfile.mkdtemp()
 os.symlink(repo, os.path.join(tmp, "fantasyportrait_pack"))
@@ -38,21 +35,9 @@ from fantasyportrait_pack.nodes import nodes_fantasyportrait as fp  # noqa: E402
 
 result = {"nodes": sorted(fantasyportrait_pack.NODE_CLASS_MAPPINGS)}
 
-# a tiny random native Wan 2.1 I2V checkpoint in ComfyUI's key layout
-torch.manual_seed(0)
-with torch.device("meta"):
-    shapes = WanModel(model_type="i2v", dim=256, ffn_dim=512, num_heads=2, num_layers=2, in_dim=36, out_dim=16,
-                      operations=comfy.ops.disable_weight_init).state_dict()
-sd = {}
-for k, v in shapes.items():
-    fan_in = v.shape[1] if v.ndim > 1 else v.shape[-1]
-    if "norm" in k and k.endswith("weight"):
-        sd[k] = 1 + 0.1 * torch.randn(v.shape)
-    else:
-        sd[k] = torch.randn(v.shape) / max(fan_in, 1) ** 0.5
-path = os.path.join(tmp, "tiny_wan_i2v.safetensors")
-save_file(sd, path)
-model = comfy.sd.load_diffusion_model(path)
+from comfy_models import write_tiny_wan  # noqa: E402
+
+model = comfy.sd.load_diffusion_model(write_tiny_wan(os.path.join(tmp, "tiny_wan_i2v.safetensors")))
 
 # conditioning as WanImageToVideo + a CLIP-vision output would give it (257 image tokens)
 class ClipOut:

@@ -96,3 +96,125 @@ def test_server_lists_every_node(tmp_path):
         server.terminate()
         server.wait(timeout=30)
         log.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end through the HTTP API and `fantasyportrait run`
+
+from media import SHARED, media_path, models_dir  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("comfy")
+    base = tmp / "base"
+    (base / "custom_nodes").mkdir(parents=True)
+    os.symlink(ROOT, base / "custom_nodes" / "ComfyUI-FantasyPortrait")
+    os.symlink(os.path.join(ROOT, "tests", "comfy_test_nodes"), base / "custom_nodes" / "fp_test_nodes")
+    made = subprocess.run([PYTHON, os.path.join(ROOT, "tests", "comfy_models.py"), COMFYUI_DIR, str(base),
+                           models_dir(), ROOT], capture_output=True, text=True, timeout=600)
+    assert made.returncode == 0, made.stderr[-3000:]
+    front = tmp / "frontend"
+    front.mkdir()
+    port = _free_port()
+    log_path = tmp / "server.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+                             "--front-end-root", str(front), "--disable-auto-launch", "--disable-api-nodes",
+                             "--use-pytorch-cross-attention", "--base-directory", str(base)],
+                            cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            time.sleep(0.5)
+            try:
+                urllib.request.urlopen(url + "/system_stats", timeout=5).read()
+                break
+            except OSError:
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+        yield {"url": url, "tmp": tmp, "log": log_path}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def tiny_workflow(tmp, **changes):
+    """The shipped single-portrait API workflow, pointed at the tiny test models."""
+    with open(os.path.join(ROOT, "workflows", "api", "fantasyportrait_single_api.json")) as fh:
+        wf = json.load(fh)
+    wf["1"]["inputs"]["unet_name"] = "tiny_wan_i2v.safetensors"
+    del wf["3"], wf["6"], wf["8"]  # umT5 and CLIP-H cannot be made small: test conditioning instead
+    wf["4"] = {"class_type": "FPTestTextConditioning", "inputs": {"seed": 1}}
+    wf["5"] = {"class_type": "FPTestTextConditioning", "inputs": {"seed": 2}}
+    del wf["18"]["inputs"]["clip_vision_output"]
+    wf["17"]["inputs"]["num_frames"] = 9
+    wf["18"]["inputs"].update(width=64, height=64)
+    wf["19"]["inputs"]["steps"] = 2
+    for node, key, value in changes.get("set", []):
+        wf[node]["inputs"][key] = value
+    path = tmp / f"wf_{len(os.listdir(tmp))}.json"
+    path.write_text(json.dumps(wf))
+    return str(path)
+
+
+def run_cli(server, workflow, out):
+    return subprocess.run([sys.executable, "-m", "fantasyportrait_core", "run", "--server", server["url"],
+                           "--workflow", workflow, "--image", media_path("man.jpeg"), "--video",
+                           media_path("jgz.mp4"), "--out", str(out), "--timeout", "300"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=400)
+
+
+def test_single_portrait_workflow_end_to_end(server):
+    out = server["tmp"] / "result.mp4"
+    proc = run_cli(server, tiny_workflow(server["tmp"]), out)
+    assert proc.returncode == 0, proc.stderr[-3000:] + server["log"].read_text()[-3000:]
+    import av
+
+    with av.open(str(out)) as container:
+        video = container.streams.video[0]
+        assert (video.codec_context.width, video.codec_context.height) == (64, 64)
+        assert float(video.average_rate) == pytest.approx(15.0)  # the driving clip's fps
+        assert container.streams.audio, "the driving clip's audio is missing"
+        frames = sum(1 for _ in container.decode(video))
+    assert frames == 9
+
+
+def test_failed_run_reports_the_node_error(server):
+    out = server["tmp"] / "never.mp4"
+    proc = run_cli(server, tiny_workflow(server["tmp"], set=[("16", "model_name", "missing.ckpt")]), out)
+    assert proc.returncode == 1
+    assert "FantasyPortraitModelLoader" in proc.stderr and "missing.ckpt" in proc.stderr
+    assert not out.exists()
+
+
+def test_cancel_leaves_the_server_healthy(server):
+    import threading
+
+    from fantasyportrait_core.runner import ComfyClient, RunError, fill_inputs, load_workflow, run_workflow
+
+    client = ComfyClient(server["url"])
+    wf = load_workflow(tiny_workflow(server["tmp"], set=[("19", "steps", 400)]))
+    wf = fill_inputs(wf, client.upload(media_path("man.jpeg")), [client.upload(media_path("jgz.mp4"))])
+    outcome = {}
+    seen = threading.Event()
+
+    def progress(message):
+        if message.startswith("node 19:"):
+            seen.set()
+
+    def target():
+        try:
+            outcome["entry"] = run_workflow(client, wf, progress, timeout=300)
+        except RunError as exc:
+            outcome["error"] = str(exc)
+
+    worker = threading.Thread(target=target)
+    worker.start()
+    assert seen.wait(120), "sampling never started"
+    urllib.request.urlopen(urllib.request.Request(server["url"] + "/interrupt", data=b"", method="POST")).read()
+    worker.join(120)
+    assert "cancelled" in outcome.get("error", ""), outcome
+    out = server["tmp"] / "after_cancel.mp4"
+    proc = run_cli(server, tiny_workflow(server["tmp"]), out)
+    assert proc.returncode == 0 and out.stat().st_size > 0, proc.stderr[-2000:]

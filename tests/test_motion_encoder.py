@@ -6,6 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from fantasyportrait_core import CheckpointError
+from fantasyportrait_core_shim import motion_state
 from fantasyportrait_core.motion_encoder import (MotionEncoder, crops_to_tensor, load_motion_encoder,
                                                  motion_encoder_from_state_dict)
 
@@ -32,16 +33,7 @@ RELEASED_KEYS = {
 
 
 def random_state(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for k, v in MotionEncoder().state_dict().items():
-        if v.dtype == torch.long:
-            out[k] = v.clone()
-        elif "running_var" in k:
-            out[k] = torch.rand(v.shape, generator=g) + 0.5
-        else:
-            out[k] = torch.randn(v.shape, generator=g) * 0.05
-    return out
+    return motion_state(seed)
 
 
 @pytest.fixture(scope="module")

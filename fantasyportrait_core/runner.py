@@ -1,0 +1,283 @@
+"""Headless runs through ComfyUI's HTTP API (``fantasyportrait run``).
+
+Uploads the portrait image and driving video(s), fills them into an API-format workflow, queues
+it, follows progress over ComfyUI's websocket (or by polling when that is not available), and
+downloads the saved video. A failed run raises :class:`RunError` with ComfyUI's node error.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import mimetypes
+import os
+import socket
+import struct
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from typing import Callable
+
+from .errors import FantasyPortraitError
+
+
+class RunError(FantasyPortraitError):
+    """The server refused or failed the workflow."""
+
+
+class ComfyClient:
+    def __init__(self, server: str, timeout: float = 30.0):
+        if "://" not in server:
+            server = "http://" + server
+        self.base = server.rstrip("/")
+        self.timeout = timeout
+        self.client_id = uuid.uuid4().hex
+
+    def _request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+        req = urllib.request.Request(self.base + path, data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                return r.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", "replace")
+            raise RunError(f"{method} {path} failed with HTTP {exc.code}: {_describe_error(detail)}") from None
+        except urllib.error.URLError as exc:
+            raise RunError(f"Cannot reach ComfyUI at {self.base} ({exc.reason}). Is the server running?") from None
+
+    def get_json(self, path: str):
+        return json.loads(self._request("GET", path))
+
+    def upload(self, path: str) -> str:
+        """Upload a file to ComfyUI's input folder; returns the name to put in the workflow."""
+        if not os.path.isfile(path):
+            raise FantasyPortraitError(f"Input file not found: {path}")
+        boundary = uuid.uuid4().hex
+        name = os.path.basename(path)
+        ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        with open(path, "rb") as fh:
+            data = fh.read()
+        body = b"".join([
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n"
+            f"Content-Type: {ctype}\r\n\r\n".encode(), data, b"\r\n",
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"overwrite\"\r\n\r\ntrue\r\n".encode(),
+            f"--{boundary}--\r\n".encode(),
+        ])
+        reply = json.loads(self._request("POST", "/upload/image", body,
+                                         {"Content-Type": f"multipart/form-data; boundary={boundary}"}))
+        return f"{reply['subfolder']}/{reply['name']}" if reply.get("subfolder") else reply["name"]
+
+    def queue(self, workflow: dict) -> str:
+        body = json.dumps({"prompt": workflow, "client_id": self.client_id}).encode()
+        reply = json.loads(self._request("POST", "/prompt", body, {"Content-Type": "application/json"}))
+        if reply.get("node_errors"):
+            raise RunError("ComfyUI refused the workflow: " + _describe_error(json.dumps(reply)))
+        return reply["prompt_id"]
+
+    def download(self, item: dict) -> bytes:
+        query = urllib.parse.urlencode({k: item.get(k, "") for k in ("filename", "subfolder", "type")})
+        return self._request("GET", "/view?" + query)
+
+
+def _describe_error(text: str) -> str:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text.strip()[:2000]
+    parts = []
+    err = data.get("error")
+    if isinstance(err, dict):
+        parts.append(f"{err.get('message', '')} {err.get('details', '')}".strip())
+    for node_id, node in (data.get("node_errors") or {}).items():
+        for e in node.get("errors", []):
+            parts.append(f"node {node_id} ({node.get('class_type', '?')}): {e.get('message')} {e.get('details', '')}".strip())
+    return "; ".join(p for p in parts if p) or text.strip()[:2000]
+
+
+# --------------------------------------------------------------------------------------------
+# a minimal websocket reader (text frames only), enough for ComfyUI's progress messages
+
+
+class _WebSocket:
+    def __init__(self, base: str, client_id: str, timeout: float = 2.0):
+        url = urllib.parse.urlparse(base)
+        host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+        if url.scheme == "https":
+            raise OSError("websocket over TLS not supported; polling instead")
+        self.sock = socket.create_connection((host, port), timeout=5)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET /ws?clientId={client_id} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(1024)
+            if not chunk:
+                raise OSError("websocket handshake failed")
+            head += chunk
+        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            raise OSError("websocket not available")
+        self.buf = head.split(b"\r\n\r\n", 1)[1]
+        self.sock.settimeout(timeout)
+
+    def _read(self, n):
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise OSError("websocket closed")
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def next_message(self):
+        """The next text message as JSON, or None for binary/control frames. Raises socket.timeout."""
+        b0, b1 = self._read(2)
+        length = b1 & 0x7F
+        if length == 126:
+            length = struct.unpack(">H", self._read(2))[0]
+        elif length == 127:
+            length = struct.unpack(">Q", self._read(8))[0]
+        payload = self._read(length)
+        if b0 & 0x0F == 1:
+            return json.loads(payload.decode("utf-8"))
+        if b0 & 0x0F == 8:
+            raise OSError("websocket closed by server")
+        return None
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def fill_inputs(workflow: dict, image: str | None, videos: list[str]) -> dict:
+    """Put uploaded file names into the workflow's LoadImage and LoadVideo nodes (in node-id order)."""
+    wf = json.loads(json.dumps(workflow))
+
+    def nodes_of(class_type):
+        return sorted((k for k, n in wf.items() if n.get("class_type") == class_type),
+                      key=lambda k: (len(k), k))
+
+    if image is not None:
+        loaders = nodes_of("LoadImage")
+        if not loaders:
+            raise FantasyPortraitError("The workflow has no LoadImage node for the portrait image.")
+        wf[loaders[0]]["inputs"]["image"] = image
+    loaders = nodes_of("LoadVideo")
+    if len(videos) > len(loaders):
+        raise FantasyPortraitError(
+            f"{len(videos)} driving videos were given but the workflow has {len(loaders)} LoadVideo node(s).")
+    for node_id, name in zip(loaders, videos):
+        wf[node_id]["inputs"]["file"] = name
+    return wf
+
+
+def load_workflow(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            wf = json.load(fh)
+    except FileNotFoundError:
+        raise FantasyPortraitError(f"Workflow not found: {path}") from None
+    except ValueError as exc:
+        raise FantasyPortraitError(f"{path} is not valid JSON ({exc}).") from None
+    if "nodes" in wf and "links" in wf:
+        raise FantasyPortraitError(
+            f"{path} is a UI-format workflow (for drag-and-drop). Use the API-format file (*_api.json), or export "
+            "one from ComfyUI with 'Export (API)'.")
+    if not isinstance(wf, dict) or not all(isinstance(n, dict) and "class_type" in n for n in wf.values()):
+        raise FantasyPortraitError(f"{path} is not an API-format ComfyUI workflow.")
+    return wf
+
+
+def run_workflow(client: ComfyClient, workflow: dict, progress: Callable[[str], None] = lambda s: None,
+                 poll: float = 0.5, timeout: float | None = None) -> dict:
+    """Queue ``workflow``, follow it, and return its history entry (outputs per node)."""
+    ws = None
+    try:
+        ws = _WebSocket(client.base, client.client_id)
+    except OSError:
+        ws = None
+    try:
+        prompt_id = client.queue(workflow)
+        progress(f"queued as {prompt_id}")
+        start = time.monotonic()
+        while True:
+            if timeout is not None and time.monotonic() - start > timeout:
+                raise RunError(f"The run did not finish within {timeout:g} s.")
+            if ws is not None:
+                try:
+                    msg = ws.next_message()
+                except socket.timeout:
+                    msg = None
+                except OSError:
+                    ws.close()
+                    ws = None
+                    msg = None
+                if msg and msg.get("data", {}).get("prompt_id", prompt_id) == prompt_id:
+                    kind, data = msg.get("type"), msg.get("data", {})
+                    if kind == "progress":
+                        progress(f"node {data.get('node')}: {data.get('value')}/{data.get('max')}")
+                    elif kind == "executing" and data.get("node"):
+                        progress(f"running node {data['node']}")
+                    elif kind == "execution_error":
+                        raise RunError(_node_error(data))
+                    elif kind == "execution_interrupted":
+                        raise RunError("The run was cancelled on the server.")
+            else:
+                time.sleep(poll)
+            history = client.get_json(f"/history/{prompt_id}")
+            if prompt_id in history:
+                entry = history[prompt_id]
+                status = entry.get("status", {})
+                if status.get("status_str") == "error":
+                    for name, data in status.get("messages", []):
+                        if name == "execution_error":
+                            raise RunError(_node_error(data))
+                        if name == "execution_interrupted":
+                            raise RunError("The run was cancelled on the server.")
+                    raise RunError("The run failed (no error message from ComfyUI).")
+                if status.get("completed", True):
+                    return entry
+    finally:
+        if ws is not None:
+            ws.close()
+
+
+def _node_error(data: dict) -> str:
+    return (f"ComfyUI node {data.get('node_id')} ({data.get('node_type')}) failed: "
+            f"{data.get('exception_type', '')}: {data.get('exception_message', '').strip()}")
+
+
+def saved_files(entry: dict) -> list[dict]:
+    """Saved outputs of a finished run (videos first)."""
+    items = []
+    for out in entry.get("outputs", {}).values():
+        for key in ("videos", "gifs", "images"):
+            for item in out.get(key, []):
+                if item.get("type") == "output":
+                    items.append(item)
+    return sorted(items, key=lambda i: not i["filename"].lower().endswith((".mp4", ".webm", ".mov")))
+
+
+def run(server: str, workflow_path: str, image: str | None, videos: list[str], out: str,
+        progress: Callable[[str], None] | None = None, timeout: float | None = None) -> str:
+    progress = progress or (lambda s: print(s, file=sys.stderr))
+    client = ComfyClient(server)
+    wf = load_workflow(workflow_path)
+    image_name = client.upload(image) if image else None
+    video_names = [client.upload(v) for v in videos]
+    progress(f"uploaded {1 if image else 0} image and {len(video_names)} video(s)")
+    entry = run_workflow(client, fill_inputs(wf, image_name, video_names), progress, timeout=timeout)
+    files = saved_files(entry)
+    if not files:
+        raise RunError("The run finished but saved no output (does the workflow end in SaveVideo?).")
+    data = client.download(files[0])
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "wb") as fh:
+        fh.write(data)
+    return out

@@ -1,0 +1,78 @@
+"""Tiny random models in ComfyUI's key layouts, for tests that run inside a real ComfyUI's Python.
+
+``python tests/comfy_models.py COMFYUI_DIR BASE_DIR`` fills BASE_DIR/models for an end-to-end run:
+a tiny native Wan 2.1 I2V model, a random full-size Wan 2.1 VAE, a tiny FantasyPortrait adapter, a
+random PD-FGC encoder and the real face models (linked from the shared models folder).
+"""
+
+import os
+import sys
+
+import torch
+
+
+def _fill(shapes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for k, v in shapes.items():
+        fan_in = int(torch.tensor(v.shape[1:]).prod()) if v.ndim > 1 else v.shape[-1]
+        if ("norm" in k and k.endswith("weight")) or k.endswith("gamma"):
+            sd[k] = 1 + 0.1 * torch.randn(v.shape, generator=g)
+        elif k.endswith("bias"):
+            sd[k] = 0.02 * torch.randn(v.shape, generator=g)
+        else:
+            sd[k] = torch.randn(v.shape, generator=g) / max(fan_in, 1) ** 0.5
+    return sd
+
+
+def write_tiny_wan(path, seed=0):
+    """Wan 2.1 I2V, dim 256 (2 heads of 128), 2 blocks: detected by ComfyUI as a native I2V model."""
+    import comfy.ops
+    from comfy.ldm.wan.model import WanModel
+    from safetensors.torch import save_file
+
+    with torch.device("meta"):
+        shapes = WanModel(model_type="i2v", dim=256, ffn_dim=512, num_heads=2, num_layers=2, in_dim=36, out_dim=16,
+                          operations=comfy.ops.disable_weight_init).state_dict()
+    save_file(_fill(shapes, seed), path)
+    return path
+
+
+def write_wan_vae(path, seed=0):
+    """The Wan 2.1 VAE has fixed dims: a random full-size one (bf16, about 250 MB)."""
+    from comfy.ldm.wan.vae import WanVAE
+    from safetensors.torch import save_file
+
+    with torch.device("meta"):
+        shapes = WanVAE(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                        temperal_downsample=[False, True, True]).state_dict()
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in _fill(shapes, seed).items()}, path)
+    return path
+
+
+def main(comfy_dir, base, shared_models, repo):
+    sys.argv = [sys.argv[0], "--cpu"]
+    sys.path.insert(0, comfy_dir)
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    sys.path.insert(0, os.path.join(repo, "tests"))
+    from checkpoint_factory import adapter_state_dict, save_ckpt
+    from fantasyportrait_core_shim import motion_state
+
+    models = os.path.join(base, "models")
+    for sub in ("diffusion_models", "vae", "fantasyportrait"):
+        os.makedirs(os.path.join(models, sub), exist_ok=True)
+    write_tiny_wan(os.path.join(models, "diffusion_models", "tiny_wan_i2v.safetensors"))
+    write_wan_vae(os.path.join(models, "vae", "wan_2.1_vae.safetensors"))
+    save_ckpt(os.path.join(models, "fantasyportrait", "fantasyportrait_model.ckpt"),
+              adapter_state_dict(model_dim=256, blocks=2, seed=3))
+    torch.save(motion_state(), os.path.join(models, "fantasyportrait", "pd_fpg.pth"))
+    for name in ("face_det.onnx", "face_landmark.onnx"):
+        dst = os.path.join(models, "fantasyportrait", name)
+        if not os.path.exists(dst):
+            os.symlink(os.path.join(shared_models, name), dst)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:5])

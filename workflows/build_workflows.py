@@ -1,0 +1,190 @@
+"""Writes the shareable workflows in both formats from one description.
+
+    python workflows/build_workflows.py
+
+UI format (``workflows/*.json``: drag and drop, also listed in ComfyUI's template browser) and API
+format (``workflows/api/*_api.json``: for ``/prompt`` and ``fantasyportrait run``). Model file names
+are the ones the README lists.
+"""
+
+import json
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# class_type -> (ordered inputs as (name, type, is_widget), outputs as (name, type), extra UI widget values)
+NODE_DEFS = {
+    "UNETLoader": ([("unet_name", "COMBO", True), ("weight_dtype", "COMBO", True)], [("MODEL", "MODEL")]),
+    "ModelSamplingSD3": ([("model", "MODEL", False), ("shift", "FLOAT", True)], [("MODEL", "MODEL")]),
+    "CLIPLoader": ([("clip_name", "COMBO", True), ("type", "COMBO", True), ("device", "COMBO", True)],
+                   [("CLIP", "CLIP")]),
+    "CLIPTextEncode": ([("text", "STRING", True), ("clip", "CLIP", False)], [("CONDITIONING", "CONDITIONING")]),
+    "CLIPVisionLoader": ([("clip_name", "COMBO", True)], [("CLIP_VISION", "CLIP_VISION")]),
+    "CLIPVisionEncode": ([("clip_vision", "CLIP_VISION", False), ("image", "IMAGE", False), ("crop", "COMBO", True)],
+                         [("CLIP_VISION_OUTPUT", "CLIP_VISION_OUTPUT")]),
+    "LoadImage": ([("image", "COMBO", True)], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
+    "VAELoader": ([("vae_name", "COMBO", True)], [("VAE", "VAE")]),
+    "LoadVideo": ([("file", "COMBO", True)], [("VIDEO", "VIDEO")]),
+    "GetVideoComponents": ([("video", "VIDEO", False)], [("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")]),
+    "WanImageToVideo": ([("positive", "CONDITIONING", False), ("negative", "CONDITIONING", False), ("vae", "VAE", False),
+                         ("width", "INT", True), ("height", "INT", True), ("length", "INT", True),
+                         ("batch_size", "INT", True), ("clip_vision_output", "CLIP_VISION_OUTPUT", False),
+                         ("start_image", "IMAGE", False)],
+                        [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent", "LATENT")]),
+    "VAEDecode": ([("samples", "LATENT", False), ("vae", "VAE", False)], [("IMAGE", "IMAGE")]),
+    "CreateVideo": ([("images", "IMAGE", False), ("fps", "FLOAT", True), ("audio", "AUDIO", False)],
+                    [("VIDEO", "VIDEO")]),
+    "SaveVideo": ([("video", "VIDEO", False), ("filename_prefix", "STRING", True), ("format", "COMBO", True),
+                   ("codec", "COMBO", True)], []),
+    "FantasyPortraitModelLoader": ([("model_name", "COMBO", True), ("dtype", "COMBO", True)],
+                                   [("adapter", "FANTASYPORTRAIT_MODEL")]),
+    "FantasyPortraitFaceModelLoader": ([("detector", "COMBO", True), ("landmarks", "COMBO", True),
+                                        ("motion_encoder", "COMBO", True), ("device", "COMBO", True)],
+                                       [("face_models", "FANTASYPORTRAIT_FACE_MODELS")]),
+    "FantasyPortraitFaceTracker": ([("face_models", "FANTASYPORTRAIT_FACE_MODELS", False), ("images", "IMAGE", False),
+                                    ("min_face", "INT", True), ("persons", "INT", True)],
+                                   [("tracks", "FANTASYPORTRAIT_TRACKS"), ("aligned_faces", "IMAGE"),
+                                    ("preview", "IMAGE")]),
+    "FantasyPortraitExpressionExtractor": ([("face_models", "FANTASYPORTRAIT_FACE_MODELS", False),
+                                            ("tracks", "FANTASYPORTRAIT_TRACKS", False), ("fps", "FLOAT", True)],
+                                           [("features", "FANTASYPORTRAIT_FEATURES")]),
+    "FantasyPortraitEncode": ([("adapter", "FANTASYPORTRAIT_MODEL", False), ("features", "FANTASYPORTRAIT_FEATURES", False),
+                               ("person", "INT", True), ("num_frames", "INT", True), ("frame_fit", "COMBO", True),
+                               ("proj_scale", "FLOAT", True), ("mouth_scale", "FLOAT", True),
+                               ("emo_scale", "FLOAT", True)],
+                              [("portrait_embeds", "FANTASYPORTRAIT_EMBEDS"), ("num_frames", "INT")]),
+    "FantasyPortraitSampler": ([("model", "MODEL", False), ("adapter", "FANTASYPORTRAIT_MODEL", False),
+                                ("portrait_embeds", "FANTASYPORTRAIT_EMBEDS", False), ("portrait_strength", "FLOAT", True),
+                                ("start_percent", "FLOAT", True), ("end_percent", "FLOAT", True),
+                                ("positive", "CONDITIONING", False), ("negative", "CONDITIONING", False),
+                                ("latent_image", "LATENT", False), ("seed", "INT", True), ("steps", "INT", True),
+                                ("cfg", "FLOAT", True), ("portrait_cfg", "FLOAT", True), ("sampler_name", "COMBO", True),
+                                ("scheduler", "COMBO", True), ("denoise", "FLOAT", True)],
+                               [("LATENT", "LATENT")]),
+    "PreviewImage": ([("images", "IMAGE", False)], []),
+}
+# widgets the frontend adds after a given widget (upload buttons, seed control)
+UI_EXTRA_WIDGETS = {("LoadImage", "image"): "image", ("FantasyPortraitSampler", "seed"): "fixed"}
+
+NEGATIVE = ("bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
+            "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, "
+            "poorly drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still "
+            "picture, messy background, three legs, many people in the background, walking backwards")
+
+
+def single_portrait():
+    """One portrait, one driving video: the released single-person setting."""
+    return [
+        (1, "UNETLoader", "Load Diffusion Model (Wan 2.1 I2V 14B)",
+         {"unet_name": "wan2.1_i2v_480p_14B_bf16.safetensors", "weight_dtype": "default"}),
+        (2, "ModelSamplingSD3", "Shift 5 (released)", {"model": (1, 0), "shift": 5.0}),
+        (3, "CLIPLoader", None, {"clip_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "type": "wan",
+                                 "device": "default"}),
+        (4, "CLIPTextEncode", "Positive prompt", {"text": "a person speaking naturally, expressive face, high quality",
+                                                  "clip": (3, 0)}),
+        (5, "CLIPTextEncode", "Negative prompt", {"text": NEGATIVE, "clip": (3, 0)}),
+        (6, "CLIPVisionLoader", None, {"clip_name": "clip_vision_h.safetensors"}),
+        (7, "LoadImage", "Portrait image", {"image": "portrait.png"}),
+        (8, "CLIPVisionEncode", None, {"clip_vision": (6, 0), "image": (7, 0), "crop": "none"}),
+        (9, "VAELoader", None, {"vae_name": "wan_2.1_vae.safetensors"}),
+        (10, "LoadVideo", "Driving video", {"file": "driving.mp4"}),
+        (11, "GetVideoComponents", None, {"video": (10, 0)}),
+        (12, "FantasyPortraitFaceModelLoader", None, {"detector": "face_det.onnx", "landmarks": "face_landmark.onnx",
+                                                      "motion_encoder": "pd_fpg.pth", "device": "auto"}),
+        (13, "FantasyPortraitFaceTracker", None, {"face_models": (12, 0), "images": (11, 0), "min_face": 96,
+                                                  "persons": 0}),
+        (14, "PreviewImage", "Tracked faces", {"images": (13, 2)}),
+        (15, "FantasyPortraitExpressionExtractor", None, {"face_models": (12, 0), "tracks": (13, 0), "fps": (11, 2)}),
+        (16, "FantasyPortraitModelLoader", None, {"model_name": "fantasyportrait_model.ckpt", "dtype": "bf16"}),
+        (17, "FantasyPortraitEncode", None, {"adapter": (16, 0), "features": (15, 0), "person": 0, "num_frames": 0,
+                                             "frame_fit": "trim", "proj_scale": 1.0, "mouth_scale": 1.0,
+                                             "emo_scale": 1.0}),
+        (18, "WanImageToVideo", None, {"positive": (4, 0), "negative": (5, 0), "vae": (9, 0), "width": 512,
+                                       "height": 512, "length": (17, 1), "batch_size": 1,
+                                       "clip_vision_output": (8, 0), "start_image": (7, 0)}),
+        (19, "FantasyPortraitSampler", None, {"model": (2, 0), "adapter": (16, 0), "portrait_embeds": (17, 0),
+                                              "portrait_strength": 1.0, "start_percent": 0.0, "end_percent": 1.0,
+                                              "positive": (18, 0), "negative": (18, 1), "latent_image": (18, 2),
+                                              "seed": 42, "steps": 30, "cfg": 1.0, "portrait_cfg": 4.0,
+                                              "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}),
+        (20, "VAEDecode", None, {"samples": (19, 0), "vae": (9, 0)}),
+        (21, "CreateVideo", "Video at the driving fps, with its audio", {"images": (20, 0), "fps": (11, 2),
+                                                                         "audio": (11, 1)}),
+        (22, "SaveVideo", None, {"video": (21, 0), "filename_prefix": "video/FantasyPortrait", "format": "auto",
+                                 "codec": "auto"}),
+    ]
+
+
+def to_api(graph):
+    out = {}
+    for node_id, ctype, title, values in graph:
+        inputs = {k: ([str(v[0]), v[1]] if isinstance(v, tuple) else v) for k, v in values.items()}
+        out[str(node_id)] = {"class_type": ctype, "inputs": inputs, "_meta": {"title": title or ctype}}
+    return out
+
+
+def to_ui(graph):
+    nodes, links = [], []
+    outputs_links = {}
+    for node_id, ctype, title, values in graph:
+        for name, v in values.items():
+            if isinstance(v, tuple):
+                link_id = len(links) + 1
+                in_type = next(t for n, t, _ in NODE_DEFS[ctype][0] if n == name)
+                links.append([link_id, v[0], v[1], node_id, name, in_type])
+                outputs_links.setdefault((v[0], v[1]), []).append(link_id)
+    for order, (node_id, ctype, title, values) in enumerate(graph):
+        ins, outs = NODE_DEFS[ctype]
+        node_inputs, widgets = [], []
+        for name, typ, is_widget in ins:
+            link = next((lnk[0] for lnk in links if lnk[3] == node_id and lnk[4] == name), None)
+            if is_widget:
+                value = values.get(name)
+                widgets.append(value if not isinstance(value, tuple) else 0)
+                extra = UI_EXTRA_WIDGETS.get((ctype, name))
+                if extra is not None:
+                    widgets.append(extra)
+                if link is not None:
+                    node_inputs.append({"name": name, "type": typ, "widget": {"name": name}, "link": link})
+            elif name in values:
+                node_inputs.append({"name": name, "type": typ, "link": link})
+        node = {
+            "id": node_id, "type": ctype,
+            "pos": [60 + 380 * (order % 6), 60 + 420 * (order // 6)], "size": [340, 120 + 26 * len(widgets)],
+            "flags": {}, "order": order, "mode": 0,
+            "inputs": node_inputs,
+            "outputs": [{"name": n, "type": t, "links": outputs_links.get((node_id, i), []), "slot_index": i}
+                        for i, (n, t) in enumerate(outs)],
+            "properties": {"Node name for S&R": ctype},
+            "widgets_values": widgets,
+        }
+        if title:
+            node["title"] = title
+        nodes.append(node)
+    # links in the UI format refer to slot indices
+    ui_links = []
+    for link_id, src, src_slot, dst, name, typ in links:
+        dst_node = next(n for n in nodes if n["id"] == dst)
+        slot = next(i for i, inp in enumerate(dst_node["inputs"]) if inp["name"] == name)
+        ui_links.append([link_id, src, src_slot, dst, slot, typ])
+    return {"last_node_id": max(n["id"] for n in nodes), "last_link_id": len(ui_links), "nodes": nodes,
+            "links": ui_links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
+
+
+WORKFLOWS = {"fantasyportrait_single": single_portrait}
+
+
+def main():
+    for name, build in WORKFLOWS.items():
+        graph = build()
+        with open(os.path.join(HERE, f"{name}.json"), "w") as fh:
+            json.dump(to_ui(graph), fh, indent=1)
+            fh.write("\n")
+        with open(os.path.join(HERE, "api", f"{name}_api.json"), "w") as fh:
+            json.dump(to_api(graph), fh, indent=1)
+            fh.write("\n")
+        print(f"wrote {name}.json and api/{name}_api.json")
+
+
+if __name__ == "__main__":
+    main()
