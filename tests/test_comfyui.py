@@ -85,8 +85,15 @@ def test_server_lists_every_node(tmp_path):
             except OSError:
                 assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
         assert info is not None, "server did not answer"
+        sys.path.insert(0, os.path.join(ROOT, "workflows"))
+        import build_workflows
+
         for name in NODES:
             assert name in info, name
+            if name in build_workflows.NODE_DEFS:  # the workflow builder's table matches the real nodes
+                ins, outs = build_workflows.NODE_DEFS[name]
+                assert info[name]["input_order"]["required"] == [n for n, _, _ in ins]
+                assert info[name]["output"] == [t for _, t in outs]
             node = info[name]
             assert node["category"] == "FantasyPortrait"
             for section in node["input"].values():

@@ -1,0 +1,143 @@
+"""``fantasyportrait run`` protocol handling against a small local fake of ComfyUI's HTTP API."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from fantasyportrait_core import FantasyPortraitError
+from fantasyportrait_core.cli import main
+from fantasyportrait_core.runner import fill_inputs, load_workflow
+
+WORKFLOW = {
+    "1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}},
+    "2": {"class_type": "LoadVideo", "inputs": {"file": "a.mp4"}},
+    "10": {"class_type": "LoadVideo", "inputs": {"file": "b.mp4"}},
+    "3": {"class_type": "SaveVideo", "inputs": {"video": ["2", 0]}},
+}
+
+
+class FakeComfy(BaseHTTPRequestHandler):
+    uploads: list = []
+    prompts: list = []
+    mode = "ok"
+    polls = 0
+
+    def log_message(self, *args):
+        pass
+
+    def _json(self, code, obj):
+        body = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        data = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path == "/upload/image":
+            name = data.split(b'filename="')[1].split(b'"')[0].decode()
+            FakeComfy.uploads.append((name, len(data)))
+            return self._json(200, {"name": name, "subfolder": "", "type": "input"})
+        if self.path == "/prompt":
+            FakeComfy.prompts.append(json.loads(data))
+            if FakeComfy.mode == "invalid":
+                return self._json(400, {"error": {"type": "prompt_outputs_failed_validation",
+                                                  "message": "Prompt outputs failed validation", "details": ""},
+                                        "node_errors": {"16": {"class_type": "FantasyPortraitModelLoader", "errors": [
+                                            {"message": "Value not in list", "details": "model_name: 'x.ckpt'"}]}}})
+            return self._json(200, {"prompt_id": "p1", "number": 0, "node_errors": {}})
+        self._json(404, {})
+
+    def do_GET(self):
+        if self.path.startswith("/ws"):
+            return self._json(404, {})  # no websocket here: the runner polls
+        if self.path == "/history/p1":
+            FakeComfy.polls += 1
+            if FakeComfy.polls < 3:
+                return self._json(200, {})
+            if FakeComfy.mode == "error":
+                return self._json(200, {"p1": {"status": {"status_str": "error", "completed": False, "messages": [
+                    ["execution_start", {}],
+                    ["execution_error", {"node_id": "19", "node_type": "FantasyPortraitSampler",
+                                         "exception_type": "FantasyPortraitError",
+                                         "exception_message": "The portrait embeds cover 81 frames"}]]}}})
+            return self._json(200, {"p1": {"status": {"status_str": "success", "completed": True},
+                                           "outputs": {"3": {"images": [{"filename": "FP_0001.mp4", "subfolder": "video",
+                                                                         "type": "output"}], "animated": [True]}}}})
+        if self.path.startswith("/view?"):
+            assert "filename=FP_0001.mp4" in self.path and "subfolder=video" in self.path
+            body = b"MP4DATA"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            return self.wfile.write(body)
+        self._json(404, {})
+
+
+@pytest.fixture
+def fake(tmp_path):
+    FakeComfy.uploads, FakeComfy.prompts, FakeComfy.mode, FakeComfy.polls = [], [], "ok", 0
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), FakeComfy)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    wf = tmp_path / "wf_api.json"
+    wf.write_text(json.dumps(WORKFLOW))
+    for name in ("face.png", "drive1.mp4", "drive2.mp4"):
+        (tmp_path / name).write_bytes(b"x" * 100)
+    yield f"http://127.0.0.1:{srv.server_address[1]}", tmp_path, wf
+    srv.shutdown()
+
+
+def args(url, tmp, wf, *videos):
+    out = ["run", "--server", url, "--workflow", str(wf), "--image", str(tmp / "face.png"), "--out",
+           str(tmp / "out" / "result.mp4"), "--timeout", "30"]
+    for v in videos:
+        out += ["--video", str(tmp / v)]
+    return out
+
+
+def test_run_uploads_fills_queues_and_downloads(fake, capsys):
+    url, tmp, wf = fake
+    assert main(args(url, tmp, wf, "drive1.mp4", "drive2.mp4")) == 0
+    assert [u[0] for u in FakeComfy.uploads] == ["face.png", "drive1.mp4", "drive2.mp4"]
+    sent = FakeComfy.prompts[0]["prompt"]
+    assert sent["1"]["inputs"]["image"] == "face.png"
+    assert sent["2"]["inputs"]["file"] == "drive1.mp4" and sent["10"]["inputs"]["file"] == "drive2.mp4"
+    assert FakeComfy.prompts[0]["client_id"]
+    assert (tmp / "out" / "result.mp4").read_bytes() == b"MP4DATA"
+    assert "queued as p1" in capsys.readouterr().err
+
+
+def test_validation_error_is_reported_with_the_node(fake, capsys):
+    url, tmp, wf = fake
+    FakeComfy.mode = "invalid"
+    assert main(args(url, tmp, wf, "drive1.mp4")) == 1
+    err = capsys.readouterr().err
+    assert "node 16 (FantasyPortraitModelLoader): Value not in list model_name: 'x.ckpt'" in err
+    assert not (tmp / "out" / "result.mp4").exists()
+
+
+def test_execution_error_is_reported_with_the_node(fake, capsys):
+    url, tmp, wf = fake
+    FakeComfy.mode = "error"
+    assert main(args(url, tmp, wf, "drive1.mp4")) == 1
+    err = capsys.readouterr().err
+    assert "node 19 (FantasyPortraitSampler) failed: FantasyPortraitError: The portrait embeds cover 81 frames" in err
+
+
+def test_unreachable_server_and_bad_inputs(tmp_path, capsys):
+    wf = tmp_path / "wf_api.json"
+    wf.write_text(json.dumps(WORKFLOW))
+    (tmp_path / "face.png").write_bytes(b"x")
+    assert main(["run", "--server", "http://127.0.0.1:9", "--workflow", str(wf), "--image",
+                 str(tmp_path / "face.png"), "--out", str(tmp_path / "o.mp4")]) == 1
+    assert "Cannot reach ComfyUI at http://127.0.0.1:9" in capsys.readouterr().err
+    ui = tmp_path / "ui.json"
+    ui.write_text(json.dumps({"nodes": [], "links": []}))
+    with pytest.raises(FantasyPortraitError, match="UI-format workflow"):
+        load_workflow(str(ui))
+    with pytest.raises(FantasyPortraitError, match="3 driving videos were given but the workflow has 2"):
+        fill_inputs(WORKFLOW, "a.png", ["1", "2", "3"])

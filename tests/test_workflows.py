@@ -1,0 +1,96 @@
+"""The shipped workflows: node types exist, links and API inputs are consistent, both formats agree."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+WF = os.path.join(ROOT, "workflows")
+with open(os.path.join(ROOT, "tests", "data", "core_nodes.json")) as fh:
+    CORE = {k: v for k, v in json.load(fh).items() if not k.startswith("_")}
+
+
+def pack_nodes():
+    """Input/output declarations of the pack's nodes, read without ComfyUI from the builder's table
+    (test_node_declarations_match_builder checks that table against the node classes when ComfyUI is present)."""
+    sys.path.insert(0, WF)
+    import build_workflows
+
+    return {k: {"inputs": {"required": [n for n, _, _ in ins]}, "outputs": [t for _, t in outs]}
+            for k, (ins, outs) in build_workflows.NODE_DEFS.items() if k.startswith("FantasyPortrait")}
+
+
+KNOWN = {**CORE, **pack_nodes()}
+API_FILES = sorted(glob.glob(os.path.join(WF, "api", "*_api.json")))
+UI_FILES = sorted(glob.glob(os.path.join(WF, "*.json")))
+
+
+def test_there_are_workflows_in_both_formats():
+    assert [os.path.basename(p)[:-len("_api.json")] for p in API_FILES] == \
+        [os.path.basename(p)[:-len(".json")] for p in UI_FILES]
+    assert "fantasyportrait_single" in [os.path.basename(p)[:-5] for p in UI_FILES]
+
+
+@pytest.mark.parametrize("path", API_FILES, ids=os.path.basename)
+def test_api_workflow_references_exist(path):
+    with open(path) as fh:
+        wf = json.load(fh)
+    for node_id, node in wf.items():
+        ctype = node["class_type"]
+        assert ctype in KNOWN, f"node {node_id}: unknown node type {ctype}"
+        allowed = sum(KNOWN[ctype]["inputs"].values(), [])
+        for name, value in node["inputs"].items():
+            assert name in allowed, f"node {node_id} ({ctype}) has no input {name}"
+            if isinstance(value, list):
+                src, slot = value
+                assert src in wf, f"node {node_id}.{name} links to missing node {src}"
+                outputs = KNOWN[wf[src]["class_type"]]["outputs"]
+                assert 0 <= slot < len(outputs), f"node {node_id}.{name} uses output {slot} of {src}"
+        for name in KNOWN[ctype]["inputs"].get("required", []):
+            assert name in node["inputs"], f"node {node_id} ({ctype}) lacks required input {name}"
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=os.path.basename)
+def test_ui_workflow_links_are_consistent(path):
+    with open(path) as fh:
+        wf = json.load(fh)
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    assert wf["last_node_id"] == max(nodes) and wf["last_link_id"] == len(wf["links"])
+    for link_id, src, src_slot, dst, dst_slot, typ in wf["links"]:
+        assert nodes[src]["type"] in KNOWN and nodes[dst]["type"] in KNOWN
+        assert link_id in nodes[src]["outputs"][src_slot]["links"]
+        assert nodes[dst]["inputs"][dst_slot]["link"] == link_id
+        assert nodes[src]["outputs"][src_slot]["type"] == typ or typ in ("INT", "FLOAT")
+
+
+def test_formats_agree_and_builder_is_current(tmp_path):
+    for api_path, ui_path in zip(API_FILES, UI_FILES):
+        with open(api_path) as fh:
+            api = json.load(fh)
+        with open(ui_path) as fh:
+            ui = json.load(fh)
+        assert sorted(api, key=int) == [str(i) for i in sorted(n["id"] for n in ui["nodes"])]
+        for n in ui["nodes"]:
+            assert api[str(n["id"])]["class_type"] == n["type"]
+    # the committed files are what the builder writes
+    before = {p: open(p).read() for p in API_FILES + UI_FILES}
+    subprocess.run([sys.executable, os.path.join(WF, "build_workflows.py")], check=True, capture_output=True)
+    assert before == {p: open(p).read() for p in API_FILES + UI_FILES}
+
+
+def test_single_workflow_uses_released_settings_and_driving_fps():
+    with open(os.path.join(WF, "api", "fantasyportrait_single_api.json")) as fh:
+        wf = json.load(fh)
+    by_type = {n["class_type"]: n for n in wf.values()}
+    sampler = by_type["FantasyPortraitSampler"]["inputs"]
+    assert (sampler["cfg"], sampler["portrait_cfg"], sampler["steps"]) == (1.0, 4.0, 30)
+    assert by_type["ModelSamplingSD3"]["inputs"]["shift"] == 5.0
+    video = by_type["CreateVideo"]["inputs"]
+    components = [k for k, n in wf.items() if n["class_type"] == "GetVideoComponents"][0]
+    assert video["fps"] == [components, 2] and video["audio"] == [components, 1]
+    assert by_type["WanImageToVideo"]["inputs"]["length"][1] == 1  # from FantasyPortrait Encode's num_frames
