@@ -52,6 +52,7 @@ def adapter_cross_attention(
     num_heads: int,
     scale: float | torch.Tensor = 1.0,
     mask: torch.Tensor | None = None,
+    query_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Block-diagonal (per latent frame) attention of video queries on token windows.
 
@@ -62,6 +63,8 @@ def adapter_cross_attention(
         num_heads: attention heads of the Wan block (40 for 14B).
         scale: the portrait strength; a number or a ``[B]`` tensor (one per batch entry).
         mask: optional boolean ``[T_lat, L, W]`` or ``[B, T_lat, L, W]``; True = may attend.
+        query_scale: optional per-token multiplier ``[L]`` (same in every latent frame), e.g. each
+           person's strength inside their face region.
 
     Returns:
         ``scale * x_ad`` as ``[B, T_lat*L, heads*head_dim]`` in ``q``'s dtype.
@@ -121,6 +124,11 @@ def adapter_cross_attention(
     out = out.reshape(batch, t_lat, per_frame, dim)
     if empty_rows is not None:
         out = out.masked_fill(empty_rows.unsqueeze(-1), 0.0)
+    if query_scale is not None:
+        if query_scale.numel() != per_frame:
+            raise FantasyPortraitError(
+                f"Per-token portrait strengths cover {query_scale.numel()} tokens, but a latent frame has {per_frame}.")
+        out = out * query_scale.to(device=out.device, dtype=out.dtype).reshape(1, 1, per_frame, 1)
     out = out.reshape(batch, tokens, dim)
 
     if isinstance(scale, torch.Tensor):

@@ -36,10 +36,12 @@ class PortraitState:
     """What every block patch of one patched model shares."""
 
     def __init__(self, projections: comfy.model_patcher.ModelPatcher, windows: torch.Tensor,
-                 mask: torch.Tensor | None, strength: float, sigma_start: float, sigma_end: float, num_heads: int):
+                 mask: torch.Tensor | None, strength: float, sigma_start: float, sigma_end: float, num_heads: int,
+                 query_scale: torch.Tensor | None = None):
         self.projections = projections
         self.windows = windows  # [1, T_lat, W, C] float32, cpu
         self.mask = mask        # [T_lat, L, W] bool or None
+        self.query_scale = query_scale  # [L] per-token multiplier (per-person strengths) or None
         self.strength = strength
         self.sigma_start, self.sigma_end = sigma_start, sigma_end
         self.num_heads = num_heads
@@ -119,9 +121,11 @@ class PortraitBlockPatch:
 
         def adapter(q):
             if rows.numel() == q.shape[0]:
-                return adapter_cross_attention(q, k, v, state.num_heads, scale.to(q.dtype), state.mask)
+                return adapter_cross_attention(q, k, v, state.num_heads, scale.to(q.dtype), state.mask,
+                                               state.query_scale)
             out = torch.zeros_like(q)
-            out[rows] = adapter_cross_attention(q[rows], k, v, state.num_heads, scale[rows].to(q.dtype), state.mask)
+            out[rows] = adapter_cross_attention(q[rows], k, v, state.num_heads, scale[rows].to(q.dtype), state.mask,
+                                                state.query_scale)
             return out
 
         block = info["diffusion_model"].blocks[self.index]
@@ -161,7 +165,8 @@ def _outer_sample_wrapper(state: PortraitState):
 
 
 def apply_portrait(model, adapter, windows: torch.Tensor, strength: float = 1.0, start_percent: float = 0.0,
-                   end_percent: float = 1.0, mask: torch.Tensor | None = None):
+                   end_percent: float = 1.0, mask: torch.Tensor | None = None,
+                   query_scale: torch.Tensor | None = None):
     """A clone of ``model`` (native Wan) with the portrait branch in every block."""
     dm = model.get_model_object("diffusion_model")
     blocks = getattr(dm, "blocks", None)
@@ -186,7 +191,7 @@ def apply_portrait(model, adapter, windows: torch.Tensor, strength: float = 1.0,
     state = PortraitState(projections, windows.float().cpu(), mask, strength,
                           sigma_start=float(sampling.percent_to_sigma(start_percent)),
                           sigma_end=float(sampling.percent_to_sigma(end_percent)),
-                          num_heads=blocks[0].num_heads)
+                          num_heads=blocks[0].num_heads, query_scale=query_scale)
     patched = model.clone()
     for i in range(len(blocks)):
         patched.set_model_patch_replace(PortraitBlockPatch(i, state), "dit", "double_block", i)

@@ -250,7 +250,7 @@ def _patch(model, adapter, portrait_embeds, strength, start_percent, end_percent
     from ..fantasyportrait_core.comfy_wan import apply_portrait
 
     return apply_portrait(model, adapter, portrait_embeds["embeds"].windows, strength, start_percent, end_percent,
-                          portrait_embeds.get("mask"))
+                          portrait_embeds.get("mask"), portrait_embeds.get("query_scale"))
 
 
 PATCH_INPUTS = {
