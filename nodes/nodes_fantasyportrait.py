@@ -234,12 +234,31 @@ class FantasyPortraitEncode:
         finally:
             adapter.encoder.to(comfy.model_management.unet_offload_device())
         embeds.tokens, embeds.windows = embeds.tokens.cpu(), embeds.windows.cpu()
-        return ({"embeds": embeds, "mask": None, "fps": features.get("fps")}, embeds.num_frames)
+        tracks = features.get("tracks")
+        boxes = None
+        if tracks is not None:  # the driver's face boxes, for multi-portrait regions
+            boxes = tracks.boxes[person, :embeds.num_frames]
+            if len(boxes) < embeds.num_frames:
+                boxes = np.concatenate([boxes, np.repeat(boxes[-1:], embeds.num_frames - len(boxes), 0)])
+        return ({"embeds": embeds, "mask": None, "fps": features.get("fps"), "driver_boxes": boxes},
+                embeds.num_frames)
 
 
-def _check_latent(embeds: PortraitEmbeds, latent):
-    t_lat = latent["samples"].shape[2] if latent["samples"].ndim == 5 else None
-    if t_lat is not None and t_lat != embeds.windows.shape[1]:
+def _check_latent(portrait_embeds, latent):
+    embeds: PortraitEmbeds = portrait_embeds["embeds"]
+    samples = latent["samples"]
+    if samples.ndim != 5:
+        raise FantasyPortraitError("The latent is not a video latent: connect WanImageToVideo's latent output.")
+    mask = portrait_embeds.get("mask")
+    if mask is not None:
+        rows, cols = -(-samples.shape[3] // 2), -(-samples.shape[4] // 2)
+        if mask.shape[1] != rows * cols:
+            size = portrait_embeds.get("size")
+            raise FantasyPortraitError(
+                f"The multi-portrait regions were made for a {size[0]}x{size[1]} video but the latent is "
+                f"{samples.shape[4] * 8}x{samples.shape[3] * 8}: use the same width and height in both nodes.")
+    t_lat = samples.shape[2]
+    if t_lat != embeds.windows.shape[1]:
         raise FantasyPortraitError(
             f"The portrait embeds cover {embeds.num_frames} frames ({embeds.windows.shape[1]} latent frames) but the "
             f"latent has {t_lat} latent frames ({4 * (t_lat - 1) + 1} frames). Set WanImageToVideo's length to "
@@ -341,7 +360,7 @@ class FantasyPortraitSampler:
 
     def sample(self, model, adapter, portrait_embeds, portrait_strength, start_percent, end_percent, positive, negative,
                latent_image, seed, steps, cfg, portrait_cfg, sampler_name, scheduler, denoise):
-        _check_latent(portrait_embeds["embeds"], latent_image)
+        _check_latent(portrait_embeds, latent_image)
         patched = _patch(model, adapter, portrait_embeds, portrait_strength, start_percent, end_percent)
         guider = _guider(patched, positive, negative, cfg, portrait_cfg)
         latent = comfy.sample.fix_empty_latent_channels(patched, latent_image["samples"])
@@ -357,6 +376,76 @@ class FantasyPortraitSampler:
         return (out,)
 
 
+class FantasyPortraitMultiCombine:
+    @classmethod
+    def INPUT_TYPES(cls):
+        embeds = ("FANTASYPORTRAIT_EMBEDS", {"tooltip": "One person's embeds from FantasyPortrait Encode (choose the "
+                                             "person there). Drivers are numbered in input order."})
+        return {"required": {
+            "face_models": ("FANTASYPORTRAIT_FACE_MODELS", {"tooltip": "Finds the faces in the portrait (same "
+                                                            "detector as the driving clips)."}),
+            "image": ("IMAGE", {"tooltip": "The portrait with several people (the start image of WanImageToVideo)."}),
+            "width": ("INT", {"default": 832, "min": 16, "max": 4096, "step": 8, "tooltip": "Output width: the same "
+                              "as WanImageToVideo's."}),
+            "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 8, "tooltip": "Output height: the same "
+                               "as WanImageToVideo's."}),
+            "embeds_1": embeds, "embeds_2": embeds,
+            "mapping": ("STRING", {"default": "", "tooltip": "Which driver animates each face, faces left to right, "
+                                   "e.g. '2,1'. Empty: driver k animates face k."}),
+            "background": (["all", "none"], {"default": "all", "tooltip": "What tokens outside every face region "
+                                             "attend to: all drivers (released) or none (no portrait there)."}),
+            "strengths": ("STRING", {"default": "", "tooltip": "Per-person portrait strength in face order, e.g. "
+                                     "'1.0,0.7' (one number applies to all). Empty: 1 for everyone."}),
+        }, "optional": {"embeds_3": embeds, "embeds_4": embeds}}
+
+    RETURN_TYPES = ("FANTASYPORTRAIT_EMBEDS", "INT", "IMAGE")
+    RETURN_NAMES = ("portrait_embeds", "num_frames", "regions_preview")
+    FUNCTION = "combine"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Several people in one portrait, each driven by their own driver: regions from the faces and the "
+                   "drivers' motion, and a mask so each face only follows its own driver.")
+
+    def combine(self, face_models, image, width, height, embeds_1, embeds_2, mapping, background, strengths,
+                embeds_3=None, embeds_4=None):
+        from ..fantasyportrait_core.multi import (combine, draw_regions, map_boxes_to_output, parse_mapping,
+                                                  parse_strengths)
+
+        drivers = [e for e in (embeds_1, embeds_2, embeds_3, embeds_4) if e is not None]
+        if any(d.get("driver_boxes") is None for d in drivers):
+            raise FantasyPortraitError("Every input must come from FantasyPortrait Encode (it carries the driver's "
+                                       "face boxes).")
+        portrait = frames_to_uint8(image[:1])[0]
+        boxes, _ = face_models.detector.detect(portrait)
+        if len(boxes) == 0:
+            raise FantasyPortraitError("No face was found in the portrait image.")
+        boxes = boxes[np.argsort((boxes[:, 0] + boxes[:, 2]) / 2)]
+        if len(boxes) != len(drivers):
+            raise FantasyPortraitError(
+                f"The portrait has {len(boxes)} faces but {len(drivers)} drivers are connected: connect one "
+                "FantasyPortrait Encode per face.")
+        faces = map_boxes_to_output(boxes, (portrait.shape[1], portrait.shape[0]), (width, height))
+        out = combine([d["embeds"].windows for d in drivers], [d["driver_boxes"] for d in drivers], faces, width,
+                      height, parse_mapping(mapping, len(drivers)), background,
+                      parse_strengths(strengths, len(drivers)))
+        for note in out["notes"]:
+            log.warning("FantasyPortrait: %s", note)
+        fps = {d.get("fps") for d in drivers if d.get("fps")}
+        if len(fps) > 1:
+            log.warning("FantasyPortrait: the drivers have different frame rates (%s); the output uses one rate, so "
+                        "some drivers play faster or slower. Resample the clips to one rate first.", sorted(fps))
+        t_lat = out["windows"].shape[1]
+        frames, per_frame = 4 * (t_lat - 1) + 1, drivers[0]["embeds"].tokens_per_frame
+        tokens = torch.cat([d["embeds"].tokens[:, :frames * per_frame] for d in drivers])
+        embeds = PortraitEmbeds(tokens=tokens, windows=out["windows"], num_frames=frames, tokens_per_frame=per_frame)
+        import comfy.utils
+
+        resized = comfy.utils.common_upscale(image[:1].movedim(-1, 1), width, height, "bilinear", "center").movedim(1, -1)
+        preview = draw_regions(frames_to_uint8(resized)[0], out["regions"], faces)
+        result = {"embeds": embeds, "mask": out["mask"], "query_scale": out["query_scale"], "size": (width, height),
+                  "fps": drivers[0].get("fps"), "driver_boxes": None}
+        return (result, embeds.num_frames, _to_image(preview[None]))
+
+
 NODE_CLASS_MAPPINGS = {
     "FantasyPortraitModelLoader": FantasyPortraitModelLoader,
     "FantasyPortraitFaceModelLoader": FantasyPortraitFaceModelLoader,
@@ -366,6 +455,7 @@ NODE_CLASS_MAPPINGS = {
     "FantasyPortraitApply": FantasyPortraitApply,
     "FantasyPortraitGuider": FantasyPortraitGuider,
     "FantasyPortraitSampler": FantasyPortraitSampler,
+    "FantasyPortraitMultiCombine": FantasyPortraitMultiCombine,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "FantasyPortraitModelLoader": "FantasyPortrait Model Loader",
@@ -376,4 +466,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FantasyPortraitApply": "FantasyPortrait Apply (MODEL patch)",
     "FantasyPortraitGuider": "FantasyPortrait Guider",
     "FantasyPortraitSampler": "FantasyPortrait Sampler",
+    "FantasyPortraitMultiCombine": "FantasyPortrait Multi-Portrait Combine",
 }

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(
 
 NODES = ["FantasyPortraitApply", "FantasyPortraitEncode", "FantasyPortraitExpressionExtractor",
          "FantasyPortraitFaceModelLoader", "FantasyPortraitFaceTracker", "FantasyPortraitGuider",
-         "FantasyPortraitModelLoader", "FantasyPortraitSampler"]
+         "FantasyPortraitModelLoader", "FantasyPortraitMultiCombine", "FantasyPortraitSampler"]
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,9 @@ def test_server_lists_every_node(tmp_path):
             assert name in info, name
             if name in build_workflows.NODE_DEFS:  # the workflow builder's table matches the real nodes
                 ins, outs = build_workflows.NODE_DEFS[name]
-                assert info[name]["input_order"]["required"] == [n for n, _, _ in ins]
+                order = info[name]["input_order"]
+                assert order["required"] + order.get("optional", []) == [n for n, _, _ in ins]
+                assert order.get("optional", []) == [n for n, _, _ in ins if (name, n) in build_workflows.OPTIONAL]
                 assert info[name]["output"] == [t for _, t in outs]
             node = info[name]
             assert node["category"] == "FantasyPortrait"
@@ -146,17 +148,20 @@ def server(tmp_path_factory):
         log.close()
 
 
-def tiny_workflow(tmp, **changes):
-    """The shipped single-portrait API workflow, pointed at the tiny test models."""
-    with open(os.path.join(ROOT, "workflows", "api", "fantasyportrait_single_api.json")) as fh:
+def tiny_workflow(tmp, name="fantasyportrait_single", size=(64, 64), **changes):
+    """A shipped API workflow, pointed at the tiny test models."""
+    with open(os.path.join(ROOT, "workflows", "api", f"{name}_api.json")) as fh:
         wf = json.load(fh)
     wf["1"]["inputs"]["unet_name"] = "tiny_wan_i2v.safetensors"
     del wf["3"], wf["6"], wf["8"]  # umT5 and CLIP-H cannot be made small: test conditioning instead
     wf["4"] = {"class_type": "FPTestTextConditioning", "inputs": {"seed": 1}}
     wf["5"] = {"class_type": "FPTestTextConditioning", "inputs": {"seed": 2}}
     del wf["18"]["inputs"]["clip_vision_output"]
-    wf["17"]["inputs"]["num_frames"] = 9
-    wf["18"]["inputs"].update(width=64, height=64)
+    for node in wf.values():
+        if node["class_type"] == "FantasyPortraitEncode":
+            node["inputs"]["num_frames"] = 9
+        if node["class_type"] in ("WanImageToVideo", "FantasyPortraitMultiCombine"):
+            node["inputs"].update(width=size[0], height=size[1])
     wf["19"]["inputs"]["steps"] = 2
     for node, key, value in changes.get("set", []):
         wf[node]["inputs"][key] = value
@@ -165,10 +170,11 @@ def tiny_workflow(tmp, **changes):
     return str(path)
 
 
-def run_cli(server, workflow, out):
+def run_cli(server, workflow, out, image=None, videos=None):
+    videos = videos or [media_path("jgz.mp4")]
     return subprocess.run([sys.executable, "-m", "fantasyportrait_core", "run", "--server", server["url"],
-                           "--workflow", workflow, "--image", media_path("man.jpeg"), "--video",
-                           media_path("jgz.mp4"), "--out", str(out), "--timeout", "300"],
+                           "--workflow", workflow, "--image", image or media_path("man.jpeg"),
+                           *sum((["--video", v] for v in videos), []), "--out", str(out), "--timeout", "300"],
                           cwd=ROOT, capture_output=True, text=True, timeout=400)
 
 
@@ -225,3 +231,16 @@ def test_cancel_leaves_the_server_healthy(server):
     out = server["tmp"] / "after_cancel.mp4"
     proc = run_cli(server, tiny_workflow(server["tmp"]), out)
     assert proc.returncode == 0 and out.stat().st_size > 0, proc.stderr[-2000:]
+
+
+def test_two_person_workflow_end_to_end(server):
+    from fantasyportrait_core.video import read_video, write_video
+
+    clip = server["tmp"] / "two_person_12.mp4"  # a short cut of the two-person clip keeps the test quick
+    write_video(str(clip), read_video(media_path("two_person.mp4"), max_frames=12).frames, 23)
+    out = server["tmp"] / "two.mp4"
+    proc = run_cli(server, tiny_workflow(server["tmp"], "fantasyportrait_two_from_one_video", size=(96, 64)), out,
+                   image=media_path("two_person.png"), videos=[str(clip)])
+    assert proc.returncode == 0, proc.stderr[-3000:] + server["log"].read_text()[-3000:]
+    video = read_video(str(out))
+    assert video.frames.shape == (9, 64, 96, 3)

@@ -21,7 +21,9 @@ def pack_nodes():
     sys.path.insert(0, WF)
     import build_workflows
 
-    return {k: {"inputs": {"required": [n for n, _, _ in ins]}, "outputs": [t for _, t in outs]}
+    return {k: {"inputs": {"required": [n for n, _, _ in ins if (k, n) not in build_workflows.OPTIONAL],
+                           "optional": [n for n, _, _ in ins if (k, n) in build_workflows.OPTIONAL]},
+                "outputs": [t for _, t in outs]}
             for k, (ins, outs) in build_workflows.NODE_DEFS.items() if k.startswith("FantasyPortrait")}
 
 

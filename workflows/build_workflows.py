@@ -61,8 +61,21 @@ NODE_DEFS = {
                                 ("cfg", "FLOAT", True), ("portrait_cfg", "FLOAT", True), ("sampler_name", "COMBO", True),
                                 ("scheduler", "COMBO", True), ("denoise", "FLOAT", True)],
                                [("LATENT", "LATENT")]),
+    "FantasyPortraitMultiCombine": ([("face_models", "FANTASYPORTRAIT_FACE_MODELS", False), ("image", "IMAGE", False),
+                                     ("width", "INT", True), ("height", "INT", True),
+                                     ("embeds_1", "FANTASYPORTRAIT_EMBEDS", False),
+                                     ("embeds_2", "FANTASYPORTRAIT_EMBEDS", False), ("mapping", "STRING", True),
+                                     ("background", "COMBO", True), ("strengths", "STRING", True),
+                                     ("embeds_3", "FANTASYPORTRAIT_EMBEDS", False),
+                                     ("embeds_4", "FANTASYPORTRAIT_EMBEDS", False)],
+                                    [("portrait_embeds", "FANTASYPORTRAIT_EMBEDS"), ("num_frames", "INT"),
+                                     ("regions_preview", "IMAGE")]),
     "PreviewImage": ([("images", "IMAGE", False)], []),
 }
+# inputs that may stay unconnected
+OPTIONAL = {("FantasyPortraitMultiCombine", "embeds_3"), ("FantasyPortraitMultiCombine", "embeds_4"),
+            ("WanImageToVideo", "clip_vision_output"), ("WanImageToVideo", "start_image"),
+            ("CreateVideo", "audio"), ("CLIPLoader", "device")}
 # widgets the frontend adds after a given widget (upload buttons, seed control)
 UI_EXTRA_WIDGETS = {("LoadImage", "image"): "image", ("FantasyPortraitSampler", "seed"): "fixed"}
 
@@ -72,47 +85,95 @@ NEGATIVE = ("bright tones, overexposed, static, blurred details, subtitles, styl
             "picture, messy background, three legs, many people in the background, walking backwards")
 
 
-def single_portrait():
-    """One portrait, one driving video: the released single-person setting."""
+def common(portrait_embeds, num_frames, fps, audio, width=512, height=512,
+           prompt="a person speaking naturally, expressive face, high quality"):
+    """Wan 2.1 I2V, text and CLIP-vision conditioning, the sampler, decoding and saving: the part every
+    workflow shares. Node ids 1-9 and 18-22; the portrait chain supplies the rest."""
     return [
         (1, "UNETLoader", "Load Diffusion Model (Wan 2.1 I2V 14B)",
          {"unet_name": "wan2.1_i2v_480p_14B_bf16.safetensors", "weight_dtype": "default"}),
         (2, "ModelSamplingSD3", "Shift 5 (released)", {"model": (1, 0), "shift": 5.0}),
         (3, "CLIPLoader", None, {"clip_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "type": "wan",
                                  "device": "default"}),
-        (4, "CLIPTextEncode", "Positive prompt", {"text": "a person speaking naturally, expressive face, high quality",
-                                                  "clip": (3, 0)}),
+        (4, "CLIPTextEncode", "Positive prompt", {"text": prompt, "clip": (3, 0)}),
         (5, "CLIPTextEncode", "Negative prompt", {"text": NEGATIVE, "clip": (3, 0)}),
         (6, "CLIPVisionLoader", None, {"clip_name": "clip_vision_h.safetensors"}),
         (7, "LoadImage", "Portrait image", {"image": "portrait.png"}),
         (8, "CLIPVisionEncode", None, {"clip_vision": (6, 0), "image": (7, 0), "crop": "none"}),
         (9, "VAELoader", None, {"vae_name": "wan_2.1_vae.safetensors"}),
-        (10, "LoadVideo", "Driving video", {"file": "driving.mp4"}),
-        (11, "GetVideoComponents", None, {"video": (10, 0)}),
-        (12, "FantasyPortraitFaceModelLoader", None, {"detector": "face_det.onnx", "landmarks": "face_landmark.onnx",
-                                                      "motion_encoder": "pd_fpg.pth", "device": "auto"}),
-        (13, "FantasyPortraitFaceTracker", None, {"face_models": (12, 0), "images": (11, 0), "min_face": 96,
-                                                  "persons": 0}),
-        (14, "PreviewImage", "Tracked faces", {"images": (13, 2)}),
-        (15, "FantasyPortraitExpressionExtractor", None, {"face_models": (12, 0), "tracks": (13, 0), "fps": (11, 2)}),
-        (16, "FantasyPortraitModelLoader", None, {"model_name": "fantasyportrait_model.ckpt", "dtype": "bf16"}),
-        (17, "FantasyPortraitEncode", None, {"adapter": (16, 0), "features": (15, 0), "person": 0, "num_frames": 0,
-                                             "frame_fit": "trim", "proj_scale": 1.0, "mouth_scale": 1.0,
-                                             "emo_scale": 1.0}),
-        (18, "WanImageToVideo", None, {"positive": (4, 0), "negative": (5, 0), "vae": (9, 0), "width": 512,
-                                       "height": 512, "length": (17, 1), "batch_size": 1,
+        (18, "WanImageToVideo", None, {"positive": (4, 0), "negative": (5, 0), "vae": (9, 0), "width": width,
+                                       "height": height, "length": num_frames, "batch_size": 1,
                                        "clip_vision_output": (8, 0), "start_image": (7, 0)}),
-        (19, "FantasyPortraitSampler", None, {"model": (2, 0), "adapter": (16, 0), "portrait_embeds": (17, 0),
+        (19, "FantasyPortraitSampler", None, {"model": (2, 0), "adapter": (16, 0), "portrait_embeds": portrait_embeds,
                                               "portrait_strength": 1.0, "start_percent": 0.0, "end_percent": 1.0,
                                               "positive": (18, 0), "negative": (18, 1), "latent_image": (18, 2),
                                               "seed": 42, "steps": 30, "cfg": 1.0, "portrait_cfg": 4.0,
                                               "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}),
         (20, "VAEDecode", None, {"samples": (19, 0), "vae": (9, 0)}),
-        (21, "CreateVideo", "Video at the driving fps, with its audio", {"images": (20, 0), "fps": (11, 2),
-                                                                         "audio": (11, 1)}),
+        (21, "CreateVideo", "Video at the driving fps, with its audio", {"images": (20, 0), "fps": fps,
+                                                                         "audio": audio}),
         (22, "SaveVideo", None, {"video": (21, 0), "filename_prefix": "video/FantasyPortrait", "format": "auto",
                                  "codec": "auto"}),
     ]
+
+
+def driver(video_id, tracker_id, extractor_id, persons, title="Driving video"):
+    """Load Video -> components -> face tracker (+ preview) -> expression features."""
+    return [
+        (video_id, "LoadVideo", title, {"file": "driving.mp4"}),
+        (video_id + 1, "GetVideoComponents", None, {"video": (video_id, 0)}),
+        (tracker_id, "FantasyPortraitFaceTracker", None, {"face_models": (12, 0), "images": (video_id + 1, 0),
+                                                          "min_face": 96, "persons": persons}),
+        (tracker_id + 1, "PreviewImage", "Tracked faces", {"images": (tracker_id, 2)}),
+        (extractor_id, "FantasyPortraitExpressionExtractor", None, {"face_models": (12, 0), "tracks": (tracker_id, 0),
+                                                                    "fps": (video_id + 1, 2)}),
+    ]
+
+
+LOADERS = [
+    (12, "FantasyPortraitFaceModelLoader", None, {"detector": "face_det.onnx", "landmarks": "face_landmark.onnx",
+                                                  "motion_encoder": "pd_fpg.pth", "device": "auto"}),
+    (16, "FantasyPortraitModelLoader", None, {"model_name": "fantasyportrait_model.ckpt", "dtype": "bf16"}),
+]
+
+
+def encode(node_id, features, person):
+    return (node_id, "FantasyPortraitEncode", f"Encode person {person + 1}" if person else None,
+            {"adapter": (16, 0), "features": features, "person": person, "num_frames": 0, "frame_fit": "trim",
+             "proj_scale": 1.0, "mouth_scale": 1.0, "emo_scale": 1.0})
+
+
+def single_portrait():
+    """One portrait, one driving video: the released single-person setting."""
+    return sorted(common((17, 0), (17, 1), (11, 2), (11, 1)) + LOADERS + driver(10, 13, 15, 0)
+                  + [encode(17, (15, 0), 0)], key=lambda n: n[0])
+
+
+MULTI_PROMPT = "two people talking to each other, natural expressions, high quality"
+
+
+def combine_node(embeds, width, height):
+    inputs = {"face_models": (12, 0), "image": (7, 0), "width": width, "height": height, "mapping": "",
+              "background": "all", "strengths": ""}
+    inputs.update({f"embeds_{i + 1}": e for i, e in enumerate(embeds)})
+    return [(30, "FantasyPortraitMultiCombine", "Multi-portrait: regions and masks", inputs),
+            (31, "PreviewImage", "Regions", {"images": (30, 2)})]
+
+
+def two_from_one_video():
+    """Two people in the portrait, driven by the two people of one driving video (left to right)."""
+    return sorted(common((30, 0), (30, 1), (11, 2), (11, 1), 832, 480, MULTI_PROMPT) + LOADERS + driver(10, 13, 15, 2)
+                  + [encode(17, (15, 0), 0), encode(23, (15, 0), 1)] + combine_node([(17, 0), (23, 0)], 832, 480),
+                  key=lambda n: n[0])
+
+
+def people_from_videos():
+    """N people in the portrait, one driving video each (here N = 2; add drivers and connect embeds_3/4 for
+    more). Audio and fps come from the first video."""
+    second = driver(40, 42, 44, 1, "Driving video 2")
+    return sorted(common((30, 0), (30, 1), (11, 2), (11, 1), 832, 480, MULTI_PROMPT) + LOADERS + driver(10, 13, 15, 1)
+                  + second + [encode(17, (15, 0), 0), encode(23, (44, 0), 0)]
+                  + combine_node([(17, 0), (23, 0)], 832, 480), key=lambda n: n[0])
 
 
 def to_api(graph):
@@ -171,7 +232,11 @@ def to_ui(graph):
             "links": ui_links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
 
 
-WORKFLOWS = {"fantasyportrait_single": single_portrait}
+WORKFLOWS = {
+    "fantasyportrait_single": single_portrait,
+    "fantasyportrait_two_from_one_video": two_from_one_video,
+    "fantasyportrait_people_from_videos": people_from_videos,
+}
 
 
 def main():
