@@ -192,6 +192,10 @@ class FantasyPortraitEncode:
                                       "of the 16 lip tokens."}),
             "emo_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "Strength of "
                                     "the 4 emotion tokens."}),
+        }, "optional": {
+            "fps": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 120.0, "step": 0.01, "tooltip": "Resample the driving "
+                              "motion to this frame rate (nearest frame) before fitting the length, e.g. to give "
+                              "several drivers one rate (the released code uses 25). 0 keeps the clip's rate."}),
         }}
 
     RETURN_TYPES = ("FANTASYPORTRAIT_EMBEDS", "INT")
@@ -200,12 +204,24 @@ class FantasyPortraitEncode:
     CATEGORY = CATEGORY
     DESCRIPTION = "Turns expression features into per-latent-frame token windows for the patched Wan model."
 
-    def encode(self, adapter, features, person, num_frames, frame_fit, proj_scale, mouth_scale, emo_scale):
+    def encode(self, adapter, features, person, num_frames, frame_fit, proj_scale, mouth_scale, emo_scale, fps=0.0):
+        from ..fantasyportrait_core.video import resample_indices
+
         feats = features["features"]
         if person >= feats.shape[0]:
             raise FantasyPortraitError(f"Person {person} was asked for but the driving clip has {feats.shape[0]} "
                                        f"person(s) (numbered from 0, left to right).")
         feats = feats[person:person + 1]
+        tracks = features.get("tracks")
+        boxes = tracks.boxes[person] if tracks is not None else None
+        rate = features.get("fps")
+        if fps and rate and abs(fps - rate) > 1e-3:
+            idx = resample_indices(feats.shape[1], rate, fps)
+            feats = feats[:, torch.from_numpy(idx)]
+            boxes = boxes[idx] if boxes is not None else None
+            log.warning("FantasyPortrait: resampled the driving motion from %g to %g fps (%d frames)", rate, fps,
+                        len(idx))
+            rate = fps
         have = feats.shape[1]
         if num_frames:
             if (num_frames - 1) % 4:
@@ -234,14 +250,11 @@ class FantasyPortraitEncode:
         finally:
             adapter.encoder.to(comfy.model_management.unet_offload_device())
         embeds.tokens, embeds.windows = embeds.tokens.cpu(), embeds.windows.cpu()
-        tracks = features.get("tracks")
-        boxes = None
-        if tracks is not None:  # the driver's face boxes, for multi-portrait regions
-            boxes = tracks.boxes[person, :embeds.num_frames]
+        if boxes is not None:  # the driver's face boxes, for multi-portrait regions
+            boxes = boxes[:embeds.num_frames]
             if len(boxes) < embeds.num_frames:
                 boxes = np.concatenate([boxes, np.repeat(boxes[-1:], embeds.num_frames - len(boxes), 0)])
-        return ({"embeds": embeds, "mask": None, "fps": features.get("fps"), "driver_boxes": boxes},
-                embeds.num_frames)
+        return ({"embeds": embeds, "mask": None, "fps": rate, "driver_boxes": boxes}, embeds.num_frames)
 
 
 def _check_latent(portrait_embeds, latent):

@@ -110,4 +110,24 @@ ours = PortraitBlockPatch(1, state)({"img": x, "txt": ctx, "vec": e, "pe": freqs
 result["block_rel_diff"] = float((ours - reference).norm() / reference.norm())
 result["block_branch_rel_effect"] = float((reference - block(x, e=e, freqs=freqs, context=ctx, context_img_len=257)).norm()
                                           / reference.norm())
+# FantasyPortrait Encode: fps resampling, length fitting, clear errors
+from fantasyportrait_pack.fantasyportrait_core.tracking import FaceTracks  # noqa: E402
+import numpy as np  # noqa: E402
+
+tracks = FaceTracks(np.tile(np.array([10, 10, 50, 50], np.float32), (1, 17, 1)), np.zeros((1, 17, 222, 2), np.float32),
+                    np.ones((1, 17), bool), (64, 64))
+features = {"features": torch.randn(1, 17, 554, generator=g), "fps": 30.0, "tracks": tracks}
+encode = fp.FantasyPortraitEncode().encode
+emb, n = encode(adapter, features, 0, 0, "trim", 1.0, 1.0, 1.0, fps=15.0)
+result["encode_resampled_frames"] = [n, emb["fps"], list(emb["driver_boxes"].shape)]
+emb, n = encode(adapter, features, 0, 21, "pad", 1.0, 1.0, 1.0)
+result["encode_padded_frames"] = n
+for args, key in (((adapter, features, 0, 21, "trim", 1.0, 1.0, 1.0), "encode_short_error"),
+                  ((adapter, features, 3, 0, "trim", 1.0, 1.0, 1.0), "encode_person_error"),
+                  ((adapter, features, 0, 20, "trim", 1.0, 1.0, 1.0), "encode_count_error")):
+    try:
+        encode(*args)
+        result[key] = None
+    except Exception as exc:  # noqa: BLE001
+        result[key] = str(exc)
 print("RESULT " + json.dumps(result))

@@ -50,6 +50,15 @@ def test_portrait_on_changes_the_result(host_result):
     assert host_result["apply_plus_ksampler_equals_sampler_pcfg1"] == 0.0
 
 
+def test_encode_node_fits_lengths_and_rates(host_result):
+    # 17 frames at 30 fps -> 8 frames at 15 fps -> trimmed to 5 (4k+1)
+    assert host_result["encode_resampled_frames"] == [5, 15.0, [5, 4]]
+    assert host_result["encode_padded_frames"] == 21
+    assert "has 17 frames but 21 were asked for; set frame_fit to pad" in host_result["encode_short_error"]
+    assert "Person 3 was asked for but the driving clip has 1 person(s)" in host_result["encode_person_error"]
+    assert "num_frames must be 4k+1; use 17 or 21" in host_result["encode_count_error"]
+
+
 def test_block_patch_matches_the_released_formula(host_result):
     # native block + scale * W_o(x_ad) beside the cross-attention output, to float rounding
     assert host_result["block_rel_diff"] < 1e-5

@@ -51,7 +51,7 @@ NODE_DEFS = {
     "FantasyPortraitEncode": ([("adapter", "FANTASYPORTRAIT_MODEL", False), ("features", "FANTASYPORTRAIT_FEATURES", False),
                                ("person", "INT", True), ("num_frames", "INT", True), ("frame_fit", "COMBO", True),
                                ("proj_scale", "FLOAT", True), ("mouth_scale", "FLOAT", True),
-                               ("emo_scale", "FLOAT", True)],
+                               ("emo_scale", "FLOAT", True), ("fps", "FLOAT", True)],
                               [("portrait_embeds", "FANTASYPORTRAIT_EMBEDS"), ("num_frames", "INT")]),
     "FantasyPortraitSampler": ([("model", "MODEL", False), ("adapter", "FANTASYPORTRAIT_MODEL", False),
                                 ("portrait_embeds", "FANTASYPORTRAIT_EMBEDS", False), ("portrait_strength", "FLOAT", True),
@@ -75,7 +75,7 @@ NODE_DEFS = {
 # inputs that may stay unconnected
 OPTIONAL = {("FantasyPortraitMultiCombine", "embeds_3"), ("FantasyPortraitMultiCombine", "embeds_4"),
             ("WanImageToVideo", "clip_vision_output"), ("WanImageToVideo", "start_image"),
-            ("CreateVideo", "audio"), ("CLIPLoader", "device")}
+            ("CreateVideo", "audio"), ("CLIPLoader", "device"), ("FantasyPortraitEncode", "fps")}
 # widgets the frontend adds after a given widget (upload buttons, seed control)
 UI_EXTRA_WIDGETS = {("LoadImage", "image"): "image", ("FantasyPortraitSampler", "seed"): "fixed"}
 
@@ -140,7 +140,7 @@ LOADERS = [
 def encode(node_id, features, person):
     return (node_id, "FantasyPortraitEncode", f"Encode person {person + 1}" if person else None,
             {"adapter": (16, 0), "features": features, "person": person, "num_frames": 0, "frame_fit": "trim",
-             "proj_scale": 1.0, "mouth_scale": 1.0, "emo_scale": 1.0})
+             "proj_scale": 1.0, "mouth_scale": 1.0, "emo_scale": 1.0, "fps": 0.0})
 
 
 def single_portrait():
