@@ -36,9 +36,13 @@ _CACHE: dict = {}
 
 
 def _cached(key, build):
-    if key not in _CACHE:
-        _CACHE[key] = build()
-    return _CACHE[key]
+    """Keep the most recently used model of each kind (adapter, face models) across runs."""
+    kind = key[0]
+    held = _CACHE.get(kind)
+    if held is None or held[0] != key:
+        _CACHE.pop(kind, None)  # release the previous one before loading another
+        _CACHE[kind] = (key, build())
+    return _CACHE[kind][1]
 
 
 def _file_key(path):
