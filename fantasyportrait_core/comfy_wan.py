@@ -140,15 +140,16 @@ class PortraitBlockPatch:
 
 
 def _diffusion_model_wrapper(state: PortraitState):
-    def wrapper(executor, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options={}, **kwargs):
+    def wrapper(executor, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options=None,
+                **kwargs):
         scale = kwargs.pop(SCALE_COND, None)
         info = {
             "scale": scale,
             "context_img_len": clip_fea.shape[-2] if clip_fea is not None else None,
-            "active": state.active(transformer_options.get("sigmas")),
+            "active": state.active((transformer_options or {}).get("sigmas")),
             "diffusion_model": executor.class_obj,
         }
-        transformer_options = {**transformer_options, WRAPPER_KEY: info}
+        transformer_options = {**(transformer_options or {}), WRAPPER_KEY: info}
         return executor(x, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs)
 
     return wrapper
@@ -237,7 +238,8 @@ class PortraitGuider(comfy.samplers.CFGGuider):
             "no_portrait": with_portrait_scale(positive, 0.0),
         })
 
-    def predict_noise(self, x, timestep, model_options={}, seed=None):
+    def predict_noise(self, x, timestep, model_options=None, seed=None):
+        model_options = model_options if model_options is not None else {}
         pos, neg, nop = self.conds.get("positive"), self.conds.get("negative"), self.conds.get("no_portrait")
         if math.isclose(self.portrait_cfg, 1.0):
             return comfy.samplers.sampling_function(self.inner_model, x, timestep, neg, pos, self.cfg,

@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import FantasyPortraitError
 from .faces import (DEFAULT_MIN_FACE, FACE_PROB_THRESHOLD, OVERLAP_IOU, FaceDetector, LandmarkModel,
-                    LandmarkSmoother, _bgr, box_iou, check_frame, landmark_box)
+                    LandmarkSmoother, _bgr, check_frame, landmark_box)
 
 REATTACH_IOU = 0.3
 

@@ -26,7 +26,7 @@ from ..fantasyportrait_core.extraction import (FaceModels, aligned_crops, draw_p
 from ..fantasyportrait_core.faces import FaceDetector, LandmarkModel
 from ..fantasyportrait_core.motion_encoder import load_motion_encoder
 from ..fantasyportrait_core.tracking import keep_persons, track_faces
-from ..fantasyportrait_core.windows import fit_frame_count, latent_frame_count, nearest_valid_frame_counts
+from ..fantasyportrait_core.windows import fit_frame_count, nearest_valid_frame_counts
 from .common import CATEGORY, FOLDER, Progress, adapter_files, adapter_path, register_model_folder
 
 log = logging.getLogger("FantasyPortrait")

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from checkpoint_factory import adapter_state_dict, flatten
+from checkpoint_factory import flatten
 from fantasyportrait_core import FantasyPortraitError, GroupScales, adapter_from_state_dict
 
 

@@ -13,7 +13,7 @@ T, L, W, HEADS, D, C = 3, 5, 7, 2, 8, 6
 def naive(q, k, v, heads, mask=None):
     """Loop over batch, latent frame and head; softmax(q k^T / sqrt(d)) v with -inf masking."""
     b, tl, dim = q.shape
-    t_lat, w = k.shape[1], k.shape[2]
+    t_lat = k.shape[1]
     per = tl // t_lat
     d = dim // heads
     out = torch.zeros_like(q)

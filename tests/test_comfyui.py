@@ -3,11 +3,9 @@
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
@@ -119,7 +117,7 @@ def test_server_lists_every_node(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # end to end through the HTTP API and `fantasyportrait run`
 
-from media import SHARED, media_path, models_dir  # noqa: E402
+from media import media_path, models_dir  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -187,7 +187,7 @@ def to_api(graph):
 def to_ui(graph):
     nodes, links = [], []
     outputs_links = {}
-    for node_id, ctype, title, values in graph:
+    for node_id, ctype, _title, values in graph:
         for name, v in values.items():
             if isinstance(v, tuple):
                 link_id = len(links) + 1
