@@ -1,8 +1,10 @@
 """Tests against a real ComfyUI: run when COMFYUI_DIR points at a ComfyUI checkout whose Python
 (COMFYUI_PYTHON, default: this interpreter) can import ComfyUI and the pack's dependencies."""
 
+import glob
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from conftest import ROOT
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 PYTHON = os.environ.get("COMFYUI_PYTHON", sys.executable)
+UI_FILES = glob.glob(os.path.join(ROOT, "workflows", "*.json"))
 
 pytestmark = pytest.mark.skipif(
     not COMFYUI_DIR or not os.path.isfile(os.path.join(COMFYUI_DIR or "", "main.py")),
@@ -135,8 +138,10 @@ def server(tmp_path_factory):
     port = _free_port()
     log_path = tmp / "server.log"
     log = open(log_path, "w")
-    proc = subprocess.Popen([PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                             "--front-end-root", str(front), "--disable-auto-launch", "--disable-api-nodes",
+    has_frontend = subprocess.run([PYTHON, "-c", "import comfyui_frontend_package"], capture_output=True).returncode == 0
+    frontend = [] if has_frontend else ["--front-end-root", str(front)]
+    proc = subprocess.Popen([PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), *frontend,
+                             "--disable-auto-launch", "--disable-api-nodes",
                              "--use-pytorch-cross-attention", "--base-directory", str(base)],
                             cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -183,6 +188,21 @@ def run_cli(server, workflow, out, image=None, videos=None):
                            "--workflow", workflow, "--image", image or media_path("man.jpeg"),
                            *sum((["--video", v] for v in videos), []), "--out", str(out), "--timeout", "300"],
                           cwd=ROOT, capture_output=True, text=True, timeout=400)
+
+
+def test_ui_workflows_load_in_the_real_frontend(server):
+    """Drag-and-drop check: every UI workflow loads in ComfyUI's frontend with all node types known and
+    the same widget values and links as its API twin (needs Chromium, Playwright and the frontend package
+    in ComfyUI's Python)."""
+    chromium = shutil.which("chromium")
+    probe = subprocess.run([PYTHON, "-c", "import playwright, comfyui_frontend_package"], capture_output=True)
+    if not chromium or probe.returncode:
+        pytest.skip("needs /usr/bin/chromium and playwright + comfyui-frontend-package in COMFYUI_PYTHON")
+    proc = subprocess.run([PYTHON, os.path.join(ROOT, "tests", "comfy_ui_check.py"), server["url"],
+                           os.path.join(ROOT, "workflows")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.endswith("problems: none errors: []")]
+    assert len(lines) == len(UI_FILES), proc.stdout
 
 
 def test_single_portrait_workflow_end_to_end(server):

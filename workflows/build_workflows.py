@@ -194,6 +194,23 @@ def to_ui(graph):
                 in_type = next(t for n, t, _ in NODE_DEFS[ctype][0] if n == name)
                 links.append([link_id, v[0], v[1], node_id, name, in_type])
                 outputs_links.setdefault((v[0], v[1]), []).append(link_id)
+    # lay nodes out in columns by their distance from the loaders, so the graph reads left to right
+    depth = {}
+
+    def depth_of(node_id):
+        if node_id not in depth:
+            values = next(v for i, _, _, v in graph if i == node_id)
+            depth[node_id] = 1 + max((depth_of(v[0]) for v in values.values() if isinstance(v, tuple)), default=-1)
+        return depth[node_id]
+
+    column_y = {}
+    positions = {}
+    for node_id, ctype, _title, values in graph:
+        col = depth_of(node_id)
+        widgets = sum(1 for _, _, w in NODE_DEFS[ctype][0] if w)
+        y = column_y.get(col, 60)
+        positions[node_id] = [60 + 400 * col, y]
+        column_y[col] = y + 140 + 30 * widgets
     for order, (node_id, ctype, title, values) in enumerate(graph):
         ins, outs = NODE_DEFS[ctype]
         node_inputs, widgets = [], []
@@ -211,7 +228,7 @@ def to_ui(graph):
                 node_inputs.append({"name": name, "type": typ, "link": link})
         node = {
             "id": node_id, "type": ctype,
-            "pos": [60 + 380 * (order % 6), 60 + 420 * (order // 6)], "size": [340, 120 + 26 * len(widgets)],
+            "pos": positions[node_id], "size": [340, 60 + 26 * len(widgets)],
             "flags": {}, "order": order, "mode": 0,
             "inputs": node_inputs,
             "outputs": [{"name": n, "type": t, "links": outputs_links.get((node_id, i), []), "slot_index": i}
