@@ -116,8 +116,25 @@ def _resolve_overlaps(cands: list[_Candidate]) -> None:
 
 def track_faces(frames, detector: FaceDetector, landmarker: LandmarkModel, min_face: float = DEFAULT_MIN_FACE,
                 max_gap: int = 30, progress: Callable[[int, int], None] | None = None,
-                source: str = "the driving clip") -> FaceTracks:
-    """Track every face through ``frames`` (RGB uint8 ``[F, H, W, 3]`` or a list of frames)."""
+                source: str = "the driving clip", two_pass: bool = True) -> FaceTracks:
+    """Track every face through ``frames`` (RGB uint8 ``[F, H, W, 3]`` or a list of frames).
+
+    ``two_pass`` (default, released): a first pass finds the faces; the second, whose landmarks are
+    returned, starts frame 0 from the first pass's landmark boxes instead of fresh detections
+    (the released ``det_landmarks``). Progress counts both passes.
+    """
+    if not two_pass:
+        return _track(frames, detector, landmarker, min_face, max_gap, progress, source)
+    total = 2 * len(frames)
+    first = _track(frames, detector, landmarker, min_face, max_gap,
+                   (lambda d, t: progress(d, total)) if progress else None, source)
+    seeds = first.boxes[first.valid[:, 0], 0] if len(frames) else None
+    return _track(frames, detector, landmarker, min_face, max_gap,
+                  (lambda d, t: progress(len(frames) + d, total)) if progress else None, source,
+                  seed_boxes=seeds if seeds is not None and len(seeds) else None)
+
+
+def _track(frames, detector, landmarker, min_face, max_gap, progress, source, seed_boxes=None) -> FaceTracks:
     if len(frames) == 0:
         raise FantasyPortraitError(f"{source} has no frames.")
     check_frame(np.asarray(frames[0]), f"first frame of {source}")
@@ -133,7 +150,10 @@ def track_faces(frames, detector: FaceDetector, landmarker: LandmarkModel, min_f
             cand = _Candidate(None, None, None, 0.0, track.smoother, track.face_dis, t)
             _fit(cand, landmarker.refine(frame, points=track.last_points, bgr=bgr), min_face)
             cands.append(cand)
-        boxes, _ = detector.detect(frame)
+        if f == 0 and seed_boxes is not None:
+            boxes = seed_boxes  # the released second pass starts from the first pass's boxes
+        else:
+            boxes, _ = detector.detect(frame)
         for box in boxes:
             diag = float(np.sqrt(np.square(box[2] - box[0]) + np.square(box[3] - box[1])))
             cand = _Candidate(None, None, None, 0.0, LandmarkSmoother(), diag, None)
