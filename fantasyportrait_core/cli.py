@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument("--motion-encoder", metavar="FILE",
                      help="PD-FGC weights to use instead of DIR/pd_fpg.pth: pd_fpg.pth or the single-file "
                           "FantasyPortrait .safetensors (its 'pd_fpg.' part)")
+    ext.add_argument("--insightface", metavar="DIR",
+                     help="detect faces with insightface's SCRFD from this local model folder (optional dependency "
+                          "insightface) instead of the released face_det.onnx; landmarks stay the released ones")
     ext.add_argument("--out", required=True, metavar="FEATS.safetensors", help="output file to write")
     ext.add_argument("--max-frames", type=int, metavar="N",
                      help="use at most N frames of each video (after --fps resampling)")
@@ -148,6 +151,10 @@ def _cmd_extract(args) -> int:
     if args.fps is not None and args.fps <= 0:
         raise FantasyPortraitError("--fps must be positive.")
     models = load_face_models(args.models, motion=args.motion_encoder)
+    if args.insightface:
+        from .faces import InsightFaceDetector
+
+        models.detector = InsightFaceDetector(args.insightface)
     try:
         models.motion_encoder.to(torch.device(args.device))
     except (RuntimeError, AssertionError) as exc:

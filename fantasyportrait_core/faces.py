@@ -314,13 +314,15 @@ def landmark_box(points: np.ndarray) -> np.ndarray:
 
 class InsightFaceDetector:
     """Optional detection backend: insightface's SCRFD through ``FaceAnalysis``, from a local model
-    folder (``<root>/models/<name>/`` holding the SCRFD ``det_*.onnx``; nothing is downloaded).
+    folder the user names (holding the SCRFD ``det_*.onnx``, e.g. ``models/insightface/models/buffalo_l``;
+    nothing is downloaded).
 
     Same interface as :class:`FaceDetector`; landmarks still come from the released 222-point
     model, so only the boxes that seed new faces change.
     """
 
-    def __init__(self, root: str, name: str = "buffalo_l", det_size: int = 640, providers=None):
+    def __init__(self, model_dir: str, det_size: int = 640, threshold: float = 0.5, providers=None):
+        import glob
         import os
 
         from .errors import require
@@ -329,17 +331,21 @@ class InsightFaceDetector:
         require("insightface", "The insightface detector backend", "insightface")
         from insightface.app import FaceAnalysis
 
-        folder = os.path.join(root, "models", name)
-        if not os.path.isdir(folder):
+        model_dir = os.path.abspath(model_dir)
+        if not glob.glob(os.path.join(model_dir, "*.onnx")):
             raise FantasyPortraitError(
-                f"insightface model folder not found: {folder}. Put the SCRFD detector (e.g. det_10g.onnx of "
-                f"{name}) there; it is not downloaded automatically.")
+                f"No insightface model found in {model_dir}: put the SCRFD detector there (e.g. det_10g.onnx "
+                "of buffalo_l); it is not downloaded automatically.")
         providers = list(providers or default_providers())
         try:
-            self.app = FaceAnalysis(name=name, root=root, allowed_modules=["detection"], providers=providers)
-            self.app.prepare(ctx_id=0 if "CUDAExecutionProvider" in providers else -1, det_size=(det_size, det_size))
-        except Exception as exc:
-            raise FantasyPortraitError(f"insightface could not load the detector from {folder}: {exc}") from exc
+            # an absolute folder as the name: insightface uses it as is and downloads nothing
+            self.app = FaceAnalysis(name=model_dir, root=os.path.dirname(model_dir), allowed_modules=["detection"],
+                                    providers=providers)
+            self.app.prepare(ctx_id=0 if "CUDAExecutionProvider" in providers else -1, det_thresh=threshold,
+                             det_size=(det_size, det_size))
+        except Exception as exc:  # insightface raises assertion and runtime errors of its own
+            raise FantasyPortraitError(
+                f"insightface could not load a face detector from {model_dir}: {type(exc).__name__}: {exc}") from exc
 
     def detect(self, frame_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         check_frame(frame_rgb)

@@ -91,6 +91,10 @@ class FantasyPortraitFaceModelLoader:
             "device": (["auto", "cpu"], {"default": "auto", "tooltip": "auto: the GPU ComfyUI uses (ONNX models "
                                          "on CUDA when onnxruntime-gpu is installed); cpu: keep the face models off "
                                          "the GPU."}),
+        }, "optional": {
+            "insightface_dir": ("STRING", {"default": "", "tooltip": "Optional: a local insightface model folder "
+                                           "(e.g. models/insightface/models/buffalo_l) to detect faces with SCRFD "
+                                           "instead of the released detector. Needs the insightface package."}),
         }}
 
     RETURN_TYPES = ("FANTASYPORTRAIT_FACE_MODELS",)
@@ -99,7 +103,7 @@ class FantasyPortraitFaceModelLoader:
     CATEGORY = CATEGORY
     DESCRIPTION = "Loads the face detector, landmark model and motion encoder once; reused across runs."
 
-    def load(self, detector, landmarks, motion_encoder, device):
+    def load(self, detector, landmarks, motion_encoder, device, insightface_dir=""):
         def full(name):
             path = folder_paths.get_full_path(FOLDER, name) or folder_paths.get_full_path("diffusion_models", name)
             if path is None:
@@ -108,11 +112,17 @@ class FantasyPortraitFaceModelLoader:
 
         paths = [full(detector), full(landmarks), full(motion_encoder)]
         providers = ["CPUExecutionProvider"] if device == "cpu" else None
-        key = ("faces", tuple(_file_key(p) for p in paths), device)
+        key = ("faces", tuple(_file_key(p) for p in paths), device, insightface_dir)
 
         def build():
             enc = load_motion_encoder(paths[2])
-            return FaceModels(FaceDetector(paths[0], providers), LandmarkModel(paths[1], providers), enc)
+            if insightface_dir.strip():
+                from ..fantasyportrait_core.faces import InsightFaceDetector
+
+                det = InsightFaceDetector(insightface_dir.strip(), providers=providers)
+            else:
+                det = FaceDetector(paths[0], providers)
+            return FaceModels(det, LandmarkModel(paths[1], providers), enc)
 
         models = _cached(key, build)
         models.torch_device = comfy.model_management.get_torch_device() if device == "auto" else torch.device("cpu")

@@ -172,8 +172,29 @@ def test_insightface_backend_reports_missing_dependency(tmp_path):
     from fantasyportrait_core.faces import InsightFaceDetector
 
     if importlib.util.find_spec("insightface") is not None:
-        with pytest.raises(FantasyPortraitError, match="model folder not found"):
+        with pytest.raises(FantasyPortraitError, match="No insightface model found"):
             InsightFaceDetector(str(tmp_path))
     else:
         with pytest.raises(MissingDependencyError, match="pip install insightface"):
             InsightFaceDetector(str(tmp_path))
+
+
+def test_insightface_backend_loads_a_local_scrfd_folder(tmp_path):
+    pytest.importorskip("insightface", reason="insightface (optional backend) is not installed")
+    pytest.importorskip("onnx", reason="onnx is needed to write the small SCRFD-signature model")
+    from scrfd_factory import write_scrfd
+
+    from fantasyportrait_core.faces import InsightFaceDetector
+
+    (tmp_path / "quiet").mkdir()
+    (tmp_path / "busy").mkdir()
+    write_scrfd(tmp_path / "quiet" / "det_small.onnx", score_bias=-10.0)
+    write_scrfd(tmp_path / "busy" / "det_small.onnx", score_bias=10.0)
+    frame = np.zeros((240, 320, 3), np.uint8)
+    boxes, scores = InsightFaceDetector(str(tmp_path / "quiet")).detect(frame)
+    assert boxes.shape == (0, 4) and scores.shape == (0,)
+    boxes, scores = InsightFaceDetector(str(tmp_path / "busy")).detect(frame)
+    assert len(boxes) > 0 and (scores > 0.99).all()
+    assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, [0, 2]] <= 320).all() and (boxes[:, [1, 3]] <= 240).all()
+    with pytest.raises(FantasyPortraitError, match="No insightface model found"):
+        InsightFaceDetector(str(tmp_path))

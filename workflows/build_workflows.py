@@ -39,7 +39,8 @@ NODE_DEFS = {
     "FantasyPortraitModelLoader": ([("model_name", "COMBO", True), ("dtype", "COMBO", True)],
                                    [("adapter", "FANTASYPORTRAIT_MODEL")]),
     "FantasyPortraitFaceModelLoader": ([("detector", "COMBO", True), ("landmarks", "COMBO", True),
-                                        ("motion_encoder", "COMBO", True), ("device", "COMBO", True)],
+                                        ("motion_encoder", "COMBO", True), ("device", "COMBO", True),
+                                        ("insightface_dir", "STRING", True)],
                                        [("face_models", "FANTASYPORTRAIT_FACE_MODELS")]),
     "FantasyPortraitFaceTracker": ([("face_models", "FANTASYPORTRAIT_FACE_MODELS", False), ("images", "IMAGE", False),
                                     ("min_face", "INT", True), ("persons", "INT", True)],
@@ -75,7 +76,8 @@ NODE_DEFS = {
 # inputs that may stay unconnected
 OPTIONAL = {("FantasyPortraitMultiCombine", "embeds_3"), ("FantasyPortraitMultiCombine", "embeds_4"),
             ("WanImageToVideo", "clip_vision_output"), ("WanImageToVideo", "start_image"),
-            ("CreateVideo", "audio"), ("CLIPLoader", "device"), ("FantasyPortraitEncode", "fps")}
+            ("CreateVideo", "audio"), ("CLIPLoader", "device"), ("FantasyPortraitEncode", "fps"),
+            ("FantasyPortraitFaceModelLoader", "insightface_dir")}
 # widgets the frontend adds after a given widget (upload buttons, seed control)
 UI_EXTRA_WIDGETS = {("LoadImage", "image"): "image", ("FantasyPortraitSampler", "seed"): "fixed"}
 
@@ -132,7 +134,8 @@ def driver(video_id, tracker_id, extractor_id, persons, title="Driving video"):
 
 LOADERS = [
     (12, "FantasyPortraitFaceModelLoader", None, {"detector": "face_det.onnx", "landmarks": "face_landmark.onnx",
-                                                  "motion_encoder": "pd_fpg.pth", "device": "auto"}),
+                                                  "motion_encoder": "pd_fpg.pth", "device": "auto",
+                                                  "insightface_dir": ""}),
     (16, "FantasyPortraitModelLoader", None, {"model_name": "fantasyportrait_model.ckpt", "dtype": "bf16"}),
 ]
 
