@@ -118,13 +118,17 @@ class PortraitBlockPatch:
         if rows.numel() == 0:
             return extra["original_block"](args)
         k, v = state.kv(self.index, x.device, x.dtype)
+        mask = state.mask
+        frames = info.get("frames")
+        if frames is not None:  # a context window: only these latent frames are in this call
+            k, v = k[:, frames], v[:, frames]
+            mask = mask[frames] if mask is not None else None
 
         def adapter(q):
             if rows.numel() == q.shape[0]:
-                return adapter_cross_attention(q, k, v, state.num_heads, scale.to(q.dtype), state.mask,
-                                               state.query_scale)
+                return adapter_cross_attention(q, k, v, state.num_heads, scale.to(q.dtype), mask, state.query_scale)
             out = torch.zeros_like(q)
-            out[rows] = adapter_cross_attention(q[rows], k, v, state.num_heads, scale[rows].to(q.dtype), state.mask,
+            out[rows] = adapter_cross_attention(q[rows], k, v, state.num_heads, scale[rows].to(q.dtype), mask,
                                                 state.query_scale)
             return out
 
@@ -143,7 +147,12 @@ def _diffusion_model_wrapper(state: PortraitState):
     def wrapper(executor, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options=None,
                 **kwargs):
         scale = kwargs.pop(SCALE_COND, None)
+        window = (transformer_options or {}).get("context_window")
+        frames = None
+        if window is not None and getattr(window, "index_list", None) is not None:
+            frames = [i % state.windows.shape[1] for i in window.index_list]
         info = {
+            "frames": frames,
             "scale": scale,
             "context_img_len": clip_fea.shape[-2] if clip_fea is not None else None,
             "active": state.active((transformer_options or {}).get("sigmas")),

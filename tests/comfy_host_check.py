@@ -108,6 +108,15 @@ ours = PortraitBlockPatch(1, state)({"img": x, "txt": ctx, "vec": e, "pe": freqs
                                      "transformer_options": {"fantasyportrait": info}},
                                     {"original_block": None})["img"]
 result["block_rel_diff"] = float((ours - reference).norm() / reference.norm())
+
+# a context window over latent frames [1, 2]: the patch uses those frames' windows only
+sub = PortraitState(state.projections, embeds.windows[:, 1:3], None, scale, 1e9, -1.0, 2)
+xs = x[:, 20:]  # 2 latent frames of 20 tokens
+freqs2 = dm.rope_encode(2, 8, 10, device=x.device, dtype=x.dtype)
+run = lambda st, frames: PortraitBlockPatch(1, st)(  # noqa: E731
+    {"img": xs, "txt": ctx, "vec": e, "pe": freqs2,
+     "transformer_options": {"fantasyportrait": {**info, "frames": frames}}}, {"original_block": None})["img"]
+result["context_window_equal"] = bool(torch.equal(run(state, [1, 2]), run(sub, None)))
 result["block_branch_rel_effect"] = float((reference - block(x, e=e, freqs=freqs, context=ctx, context_img_len=257)).norm()
                                           / reference.norm())
 # FantasyPortrait Encode: fps resampling, length fitting, clear errors

@@ -64,6 +64,7 @@ def test_block_patch_matches_the_released_formula(host_result):
     # native block + scale * W_o(x_ad) beside the cross-attention output, to float rounding
     assert host_result["block_rel_diff"] < 1e-5
     assert host_result["block_branch_rel_effect"] > 1e-2
+    assert host_result["context_window_equal"]  # context windows get their own latent frames' tokens
 
 
 def _free_port():
