@@ -67,7 +67,27 @@ result["on_rel_diff"] = float((on - stock).norm() / stock.norm())
 patched = fp.FantasyPortraitApply().apply(model, adapter, portrait, 1.0, 0.0, 1.0)[0]
 plain_on = nodes.common_ksampler(patched, 7, 3, 3.0, "euler", "simple", positive, negative, latent)[0]["samples"]
 result["apply_plus_ksampler_equals_sampler_pcfg1"] = float((plain_on - on).abs().max())
+# Apply + Guider through SamplerCustomAdvanced equals the all-in-one sampler (3-pass guidance)
+import comfy.samplers  # noqa: E402
+from comfy_extras.nodes_custom_sampler import SamplerCustomAdvanced  # noqa: E402
+
+guider = fp.FantasyPortraitGuider().get_guider(patched, positive, negative, 3.0, 4.0)[0]
+sigmas = comfy.samplers.KSampler(patched, steps=3, device="cpu", sampler="euler", scheduler="simple").sigmas
+
+
+class Noise:
+    seed = 7
+
+    def generate_noise(self, latent):
+        return comfy.sample.prepare_noise(latent["samples"], self.seed)
+
+
+import comfy.sample  # noqa: E402
+
+custom = SamplerCustomAdvanced().sample(Noise(), guider, comfy.samplers.sampler_object("euler"), sigmas, latent)
+custom = (custom.result if hasattr(custom, "result") else custom)[0]["samples"]
 three = run_fp(1.0, 3.0, 4.0)
+result["guider_equals_sampler"] = float((custom - three).abs().max())
 two = run_fp(1.0, 1.0, 4.0)
 result["three_pass_finite"] = bool(torch.isfinite(three).all())
 result["three_pass_rel_diff"] = float((three - on).norm() / on.norm())

@@ -49,6 +49,7 @@ def test_portrait_on_changes_the_result(host_result):
     assert host_result["three_pass_finite"] and host_result["two_pass_finite"]
     assert host_result["three_pass_rel_diff"] > 0.01  # portrait_cfg changes the result
     assert host_result["apply_plus_ksampler_equals_sampler_pcfg1"] == 0.0
+    assert host_result["guider_equals_sampler"] == 0.0  # Apply + Guider via SamplerCustomAdvanced
 
 
 def test_encode_node_fits_lengths_and_rates(host_result):
