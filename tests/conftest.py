@@ -8,6 +8,19 @@ for path in (ROOT, os.path.dirname(os.path.abspath(__file__))):
     if path not in sys.path:
         sys.path.insert(0, path)
 
+# A real ComfyUI host for the tests that need one (see README, "Testing against a real ComfyUI").
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON", sys.executable)
+HAVE_COMFYUI = bool(COMFYUI_DIR) and os.path.isfile(os.path.join(COMFYUI_DIR, "main.py"))
+if os.environ.get("FANTASYPORTRAIT_REQUIRE_COMFYUI") and not HAVE_COMFYUI:
+    # CI sets this: a missing host must fail the run, not silently skip the real-ComfyUI tests
+    raise pytest.UsageError(f"FANTASYPORTRAIT_REQUIRE_COMFYUI is set but COMFYUI_DIR ({COMFYUI_DIR!r}) is not a "
+                            "ComfyUI checkout; build one with ../shared/host/setup-comfyui.sh")
+requires_comfyui = pytest.mark.skipif(
+    not HAVE_COMFYUI,
+    reason="needs a real ComfyUI: set COMFYUI_DIR to a ComfyUI checkout and COMFYUI_PYTHON to its Python "
+           "(../shared/host/setup-comfyui.sh builds one)")
+
 
 @pytest.fixture
 def tiny_adapter_state():

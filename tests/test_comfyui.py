@@ -13,16 +13,12 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT
+from conftest import COMFYUI_DIR, ROOT, requires_comfyui
+from conftest import COMFYUI_PYTHON as PYTHON
 
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-PYTHON = os.environ.get("COMFYUI_PYTHON", sys.executable)
 UI_FILES = glob.glob(os.path.join(ROOT, "workflows", "*.json"))
 
-pytestmark = pytest.mark.skipif(
-    not COMFYUI_DIR or not os.path.isfile(os.path.join(COMFYUI_DIR or "", "main.py")),
-    reason="needs a real ComfyUI: set COMFYUI_DIR to a ComfyUI checkout (and COMFYUI_PYTHON to its Python)",
-)
+pytestmark = requires_comfyui
 
 NODES = ["FantasyPortraitApply", "FantasyPortraitEncode", "FantasyPortraitExpressionExtractor",
          "FantasyPortraitFaceModelLoader", "FantasyPortraitFaceTracker", "FantasyPortraitGuider",
