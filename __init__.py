@@ -6,6 +6,8 @@ own modules can be imported, and a failure there is reported instead of raised s
 optional dependency never takes ComfyUI down.
 """
 
+from __future__ import annotations
+
 import logging
 
 NODE_CLASS_MAPPINGS = {}
@@ -17,12 +19,37 @@ try:
 except ImportError:  # running outside ComfyUI
     comfy = None
 
+MIN_COMFYUI = (0, 3, 64)  # also declared as requires-comfyui in pyproject.toml
+
+
+def comfyui_too_old(version: str | None) -> str | None:
+    """A message when the running ComfyUI is older than the pack supports, else None."""
+    try:
+        found = tuple(int(part) for part in str(version).split("-")[0].split(".")[:3])
+    except ValueError:
+        return None  # a development build without a plain version: let it try
+    if found < MIN_COMFYUI:
+        need = ".".join(map(str, MIN_COMFYUI))
+        return (f"FantasyPortrait needs ComfyUI {need} or newer, this is {version}: update ComfyUI "
+                "(git pull, or the manager's 'Update ComfyUI'); the FantasyPortrait nodes are not loaded.")
+    return None
+
+
 if comfy is not None and __package__:
     try:
-        from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F811
-    except Exception:  # never take ComfyUI down
-        logging.getLogger(__name__).exception(
-            "FantasyPortrait: the nodes could not be loaded; see the error above."
-        )
+        import comfyui_version
+
+        too_old = comfyui_too_old(getattr(comfyui_version, "__version__", None))
+    except ImportError:  # versions before comfyui_version.py existed
+        too_old = comfyui_too_old("0.0.0")
+    if too_old:
+        logging.getLogger(__name__).error(too_old)
+    else:
+        try:
+            from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F811
+        except Exception:  # never take ComfyUI down
+            logging.getLogger(__name__).exception(
+                "FantasyPortrait: the nodes could not be loaded; see the error above."
+            )
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

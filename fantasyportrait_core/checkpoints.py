@@ -254,7 +254,9 @@ def _blocks(sub: dict, name: str, dtype: torch.dtype) -> AdapterBlocks:
 
 def adapter_from_state_dict(state: dict[str, torch.Tensor], name: str = "checkpoint",
                             dtype=torch.float32) -> FantasyPortraitAdapter:
-    """Build the adapter from a flat state dict in either released layout (see module docs)."""
+    """Build the adapter from a flat state dict in either released layout (see module docs).
+
+    ``dtype`` is the precision of the per-block K/V projections; the expression encoder is fp32."""
     dtype = resolve_dtype(dtype)
     keys = sorted(state)
     if not any(k.startswith(p + ".") for k in keys for p in ADAPTER_PARTS):
@@ -273,7 +275,8 @@ def adapter_from_state_dict(state: dict[str, torch.Tensor], name: str = "checkpo
     mouth = _infer_resampler(subs["mouth_proj_model"], "mouth_proj_model", name)
     emo = _infer_resampler(subs["emo_proj_model"], "emo_proj_model", name)
     for part, module in zip(ENCODER_PARTS, (proj, mouth, emo)):
-        _load_strict(module, subs[part], part + ".", name, dtype)
+        # the released code builds the token encoder in fp32 and runs it outside autocast: always fp32 here
+        _load_strict(module, subs[part], part + ".", name, torch.float32)
     try:
         encoder = ExpressionEncoder(proj, mouth, emo).eval()
     except ValueError as exc:

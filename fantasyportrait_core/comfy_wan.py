@@ -1,66 +1,88 @@
 """The portrait branch inside ComfyUI's native Wan model (imported only inside ComfyUI).
 
-* :func:`apply_portrait` returns a patched clone of the user's MODEL: every Wan block gets a
-  ``("dit", "double_block", i)`` replace patch that recomputes the block body with the block's own
-  modules (so LoRAs, fp8 weights and offloading behave as usual) and adds the adapter's
-  cross-attention before the cross-attention output projection, as the released model does. The
-  K/V projections live in their own ModelPatcher and are loaded/offloaded with the model.
+* :func:`apply_portrait` returns a patched clone of the user's MODEL. Every Wan block gets a
+  ``("dit", "double_block", i)`` replace patch that runs the host's **own** block
+  (``original_block``) with two temporary hooks on that block's cross-attention: one keeps the
+  query (the output of ``cross_attn.norm_q``), the other adds the adapter's attention to the input
+  of ``cross_attn.o``, exactly where the released model adds it. Whatever a ComfyUI version does
+  inside the block (extra patches, attention options, LoRA, fp8, offloading) still happens.
+* Window K/V are projected per block call (0.2% of a step's FLOPs at 480p x 81 frames), so between
+  block calls the branch keeps only the token windows and the mask on the device; the K/V
+  projection weights live in their own ModelPatcher, which ComfyUI loads, offloads and counts.
 * A ``DIFFUSION_MODEL`` wrapper hands the per-call information (which batch rows carry the
-  portrait, the CLIP-image context length, whether the current sigma is inside
-  start/end percent) to the block patches.
-* :class:`PortraitGuider` implements the released guidance with a separate portrait scale, running
-  the needed passes in one batch.
+  portrait, whether the current sigma is inside start/end percent, which latent frames a context
+  window covers) to the block patches; an ``OUTER_SAMPLE`` wrapper checks the embeds against the
+  latent being sampled and converts start/end percent with the model sampling in effect then.
+  Both sit under one key, so applying the portrait again replaces it instead of nesting.
+* :class:`PortraitGuider` implements the released guidance with a separate portrait scale through
+  ComfyUI's CFG functions, so other guidance patches (RescaleCFG, CFGZeroStar, APG, ...) still apply.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
+import torch.nn.functional as F
 
+import comfy.conds
+import comfy.ldm.wan.model
 import comfy.model_management
 import comfy.model_patcher
 import comfy.patcher_extension
 import comfy.samplers
-from comfy.ldm.modules.attention import optimized_attention
-from comfy.ldm.wan.model import repeat_e
 
 from .attention import AdapterProjections, adapter_cross_attention
-from .errors import FantasyPortraitError
+from .errors import FantasyPortraitError, require_finite
+from .windows import check_latent_fit
+
+log = logging.getLogger("FantasyPortrait")
 
 WRAPPER_KEY = "fantasyportrait"
 SCALE_COND = "fantasyportrait_scale"
+I2V_IN_DIM = 36  # 16 noise + 4 mask + 16 image-latent channels
 
 
 class PortraitState:
-    """What every block patch of one patched model shares."""
+    """What every block patch and every clone of one patched model shares (never copied)."""
 
     def __init__(self, projections: comfy.model_patcher.ModelPatcher, windows: torch.Tensor,
-                 mask: torch.Tensor | None, strength: float, sigma_start: float, sigma_end: float, num_heads: int,
-                 query_scale: torch.Tensor | None = None):
+                 mask: torch.Tensor | None, strength: float, start_percent: float, end_percent: float,
+                 num_heads: int, query_scale: torch.Tensor | None = None, grid: tuple[int, int] | None = None,
+                 size: tuple[int, int] | None = None):
         self.projections = projections
-        self.windows = windows  # [1, T_lat, W, C] float32, cpu
-        self.mask = mask        # [T_lat, L, W] bool or None
+        self.windows = windows          # [1, T_lat, W, C] float32, cpu
+        self.mask = mask                # [T_lat, L, W] bool (or [L, W]) or None
         self.query_scale = query_scale  # [L] per-token multiplier (per-person strengths) or None
+        self.grid, self.size = grid, size  # token grid (rows, cols) / pixels the mask was built for
         self.strength = strength
-        self.sigma_start, self.sigma_end = sigma_start, sigma_end
+        self.start_percent, self.end_percent = start_percent, end_percent
         self.num_heads = num_heads
-        self._kv: dict = {}
+        self.run: PortraitRun | None = None
 
-    def kv(self, index: int, device, dtype):
-        """Window keys/values of block ``index``: computed once per run and reused at every step."""
-        key = (index, device, dtype)
-        if key not in self._kv:
-            module: AdapterProjections = self.projections.model
-            block = module.blocks[index]
-            weight_k = comfy.model_management.cast_to(block.k, dtype=dtype, device=device)
-            weight_v = comfy.model_management.cast_to(block.v, dtype=dtype, device=device)
-            windows = self.windows.to(device=device, dtype=dtype)
-            self._kv[key] = (torch.nn.functional.linear(windows, weight_k), torch.nn.functional.linear(windows, weight_v))
-        return self._kv[key]
+    @property
+    def latent_frames(self) -> int:
+        return self.windows.shape[1]
 
-    def clear(self):
-        self._kv.clear()
+    def __deepcopy__(self, memo):  # ModelPatcher.clone() deep-copies model_options in some releases
+        return self
+
+    def check_latent(self, shape) -> None:
+        check_latent_fit(self.latent_frames, shape, self.grid, self.size)
+
+    def current_run(self) -> "PortraitRun":
+        """The run in progress, or a whole-schedule one for a model call outside a sampler."""
+        return self.run if self.run is not None else PortraitRun(self, math.inf, -math.inf)
+
+
+class PortraitRun:
+    """Per-sampling-run data: the sigma range and the small tensors kept on the compute device."""
+
+    def __init__(self, state: PortraitState, sigma_start: float, sigma_end: float):
+        self.state = state
+        self.sigma_start, self.sigma_end = sigma_start, sigma_end
+        self._held: dict = {}
 
     def active(self, sigma) -> bool:
         if sigma is None:
@@ -68,73 +90,105 @@ class PortraitState:
         s = float(sigma.max()) if isinstance(sigma, torch.Tensor) else float(sigma)
         return self.sigma_end <= s <= self.sigma_start
 
+    def _on(self, name, tensor, device, dtype=None):
+        key = (name, device, dtype)
+        held = self._held.get(name)
+        if held is None or held[0] != key:
+            self._held[name] = (key, tensor.to(device=device, dtype=dtype) if dtype else tensor.to(device))
+        return self._held[name][1]
 
-def _cross_attention(ca, x, context, context_img_len, topts, adapter):
-    """The block's cross-attention with the adapter branch added before ``o`` (released order)."""
-    q = ca.norm_q(ca.q(x))
-    if hasattr(ca, "k_img"):  # image-to-video
-        ctx_img, ctx = context[:, :context_img_len], context[:, context_img_len:]
-        k, v = ca.norm_k(ca.k(ctx)), ca.v(ctx)
-        k_img, v_img = ca.norm_k_img(ca.k_img(ctx_img)), ca.v_img(ctx_img)
-        img_x = optimized_attention(q, k_img, v_img, heads=ca.num_heads, transformer_options=topts)
-        out = optimized_attention(q, k, v, heads=ca.num_heads, transformer_options=topts)
-        out = out + img_x
-    else:
-        out = optimized_attention(q, ca.norm_k(ca.k(context)), ca.v(context), heads=ca.num_heads,
-                                  transformer_options=topts)
-    return ca.o(out + adapter(q))
+    def windows(self, device, dtype):
+        return self._on("windows", self.state.windows, device, dtype)
 
+    def mask(self, device):
+        mask = self.state.mask
+        if mask is None:
+            return None
+        if mask.ndim == 3 and mask.shape[0] > 1 and mask.stride(0) == 0:  # the same for every latent frame
+            return self._on("mask", mask[0], device).expand(mask.shape)
+        return self._on("mask", mask, device)
 
-def portrait_block_forward(block, x, e, freqs, context, context_img_len, topts, adapter):
-    """``WanAttentionBlock.forward`` with the portrait branch; same modules, same order."""
-    mod = comfy.model_management.cast_to(block.modulation, dtype=x.dtype, device=x.device)
-    e = (mod + e).chunk(6, dim=1) if e.ndim < 4 else (mod.unsqueeze(0) + e).unbind(2)
-    y = block.self_attn(torch.addcmul(repeat_e(e[0], x), block.norm1(x), 1 + repeat_e(e[1], x)), freqs,
-                        transformer_options=topts)
-    x = torch.addcmul(x, y, repeat_e(e[2], x))
-    del y
-    x = x + _cross_attention(block.cross_attn, block.norm3(x), context, context_img_len, topts, adapter)
-    y = block.ffn(torch.addcmul(repeat_e(e[3], x), block.norm2(x), 1 + repeat_e(e[4], x)))
-    return torch.addcmul(x, y, repeat_e(e[5], x))
+    def query_scale(self, device):
+        qs = self.state.query_scale
+        return None if qs is None else self._on("query_scale", qs, device)
+
+    def held_bytes(self) -> int:
+        """Bytes this run keeps on its devices between block calls."""
+        return sum(t.numel() * t.element_size() for _, t in self._held.values())
+
+    def kv(self, index: int, frames, device, dtype):
+        """Keys and values of block ``index`` for the given latent frames (all if None), made now."""
+        block = self.state.projections.model.blocks[index]
+        windows = self.windows(device, dtype)
+        if frames is not None:
+            windows = windows[:, frames]
+        k = comfy.model_management.cast_to(block.k, dtype=dtype, device=device)
+        v = comfy.model_management.cast_to(block.v, dtype=dtype, device=device)
+        return F.linear(windows, k), F.linear(windows, v)
 
 
 class PortraitBlockPatch:
+    """Replace patch of one Wan block: the host's block with the adapter added before ``cross_attn.o``."""
+
     def __init__(self, index: int, state: PortraitState):
         self.index = index
         self.state = state
 
+    def __deepcopy__(self, memo):
+        return self
+
     def __call__(self, args, extra):
-        topts = args["transformer_options"]
-        info = topts.get(WRAPPER_KEY)
+        info = args["transformer_options"].get(WRAPPER_KEY)
         state = self.state
         if info is None or not info["active"] or state.strength == 0:
             return extra["original_block"](args)
-        scale = info["scale"]
         x = args["img"]
-        if scale is None:
-            scale = torch.ones(x.shape[0])
+        scale = info["scale"]
+        scale = torch.ones(x.shape[0]) if scale is None else scale
         scale = scale.to(device=x.device, dtype=torch.float32).reshape(-1) * state.strength
         rows = torch.nonzero(scale).flatten()
         if rows.numel() == 0:
             return extra["original_block"](args)
-        k, v = state.kv(self.index, x.device, x.dtype)
-        mask = state.mask
-        frames = info.get("frames")
-        if frames is not None:  # a context window: only these latent frames are in this call
-            k, v = k[:, frames], v[:, frames]
-            mask = mask[frames] if mask is not None else None
+        run, frames = info["run"], info["frames"]
+        mask = run.mask(x.device)
+        if frames is not None and mask is not None:
+            mask = mask[frames]
+        query_scale = run.query_scale(x.device)
 
-        def adapter(q):
+        def branch(q):
+            k, v = run.kv(self.index, frames, q.device, q.dtype)
             if rows.numel() == q.shape[0]:
-                return adapter_cross_attention(q, k, v, state.num_heads, scale.to(q.dtype), mask, state.query_scale)
+                return adapter_cross_attention(q, k, v, state.num_heads, scale.to(q.dtype), mask, query_scale)
             out = torch.zeros_like(q)
             out[rows] = adapter_cross_attention(q[rows], k, v, state.num_heads, scale[rows].to(q.dtype), mask,
-                                                state.query_scale)
+                                                query_scale)
             return out
 
-        block = info["diffusion_model"].blocks[self.index]
-        x = portrait_block_forward(block, x, args["vec"], args["pe"], args["txt"], info["context_img_len"], topts, adapter)
-        return {"img": x}
+        cross_attn = info["diffusion_model"].blocks[self.index].cross_attn
+        seen = {}
+
+        def keep_query(module, inputs, output):
+            seen["q"] = output
+
+        def add_branch(module, inputs):
+            q = seen.pop("q", None)
+            if q is None or "added" in seen:
+                return None
+            seen["added"] = True
+            return (inputs[0] + branch(q),) + tuple(inputs[1:])
+
+        hooks = [cross_attn.norm_q.register_forward_hook(keep_query),
+                 cross_attn.o.register_forward_pre_hook(add_branch)]
+        try:
+            out = extra["original_block"](args)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        if "added" not in seen:
+            raise FantasyPortraitError(
+                "This ComfyUI version's Wan block did not compute its cross-attention through cross_attn.norm_q and "
+                "cross_attn.o, so the portrait could not be added. Please report your ComfyUI version.")
+        return out
 
     def to(self, device_or_dtype):
         return self
@@ -143,67 +197,133 @@ class PortraitBlockPatch:
         return [self.state.projections] if self.index == 0 else []
 
 
+def _window_frames(window, latent_frames: int, call_frames: int):
+    """Latent frames of a context window's model call, including an anchor frame a host prepends."""
+    frames = [i % latent_frames for i in window.index_list]
+    anchor = getattr(window, "causal_anchor_index", None)
+    if anchor is not None and anchor >= 0:
+        frames = [anchor % latent_frames] + frames
+    if len(frames) != call_frames:
+        raise FantasyPortraitError(
+            f"A context window covers {len(frames)} latent frames but its model call has {call_frames}; this context "
+            "window scheme is not supported by FantasyPortrait.")
+    return frames
+
+
 def _diffusion_model_wrapper(state: PortraitState):
     def wrapper(executor, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options=None,
                 **kwargs):
-        scale = kwargs.pop(SCALE_COND, None)
-        window = (transformer_options or {}).get("context_window")
+        topts = transformer_options or {}
+        run = state.current_run()
+        window = topts.get("context_window")
         frames = None
         if window is not None and getattr(window, "index_list", None) is not None:
-            frames = [i % state.windows.shape[1] for i in window.index_list]
+            frames = _window_frames(window, state.latent_frames, x.shape[2])
+        elif x.ndim == 5:
+            state.check_latent(x.shape)
         info = {
+            "run": run,
             "frames": frames,
-            "scale": scale,
-            "context_img_len": clip_fea.shape[-2] if clip_fea is not None else None,
-            "active": state.active((transformer_options or {}).get("sigmas")),
+            "scale": kwargs.get(SCALE_COND),
+            "active": run.active(topts.get("sigmas")),
             "diffusion_model": executor.class_obj,
         }
-        transformer_options = {**(transformer_options or {}), WRAPPER_KEY: info}
-        return executor(x, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs)
+        topts = {**topts, WRAPPER_KEY: info}
+        return executor(x, timestep, context, clip_fea, time_dim_concat, topts, **kwargs)
 
     return wrapper
 
 
 def _outer_sample_wrapper(state: PortraitState):
-    def wrapper(executor, *args, **kwargs):
+    def wrapper(executor, noise, latent_image, *args, **kwargs):
+        state.check_latent(latent_image.shape)
+        sampling = executor.class_obj.model_patcher.get_model_object("model_sampling")
+        state.run = PortraitRun(state, float(sampling.percent_to_sigma(state.start_percent)),
+                                float(sampling.percent_to_sigma(state.end_percent)))
         try:
-            return executor(*args, **kwargs)
+            return executor(noise, latent_image, *args, **kwargs)
         finally:
-            state.clear()  # K/V are per run; free them when sampling ends or is cancelled
+            state.run = None  # window/mask copies are per run; free them when sampling ends or is cancelled
 
     return wrapper
 
 
-def apply_portrait(model, adapter, windows: torch.Tensor, strength: float = 1.0, start_percent: float = 0.0,
-                   end_percent: float = 1.0, mask: torch.Tensor | None = None,
-                   query_scale: torch.Tensor | None = None):
-    """A clone of ``model`` (native Wan) with the portrait branch in every block."""
+def check_wan_model(model, adapter) -> None:
+    """Refuse models the portrait branch cannot run on; warn on structurally compatible ones it was
+    not trained for."""
     dm = model.get_model_object("diffusion_model")
-    blocks = getattr(dm, "blocks", None)
-    if blocks is None or not hasattr(blocks[0], "cross_attn"):
-        raise FantasyPortraitError("FantasyPortrait needs a Wan 2.1 model (load it with Load Diffusion Model).")
-    if len(blocks) != len(adapter.blocks):
+    kind = type(dm)
+    if kind is not comfy.ldm.wan.model.WanModel:
+        name = kind.__name__
+        if isinstance(dm, comfy.ldm.wan.model.WanModel):
+            raise FantasyPortraitError(
+                f"This is a Wan variant ({name}: VACE, HuMo, S2V, camera or similar) with its own block structure; "
+                "FantasyPortrait needs a plain Wan 2.1 I2V 14B model (Load Diffusion Model).")
         raise FantasyPortraitError(
-            f"The adapter has {len(adapter.blocks)} blocks but this Wan model has {len(blocks)}: FantasyPortrait "
+            f"FantasyPortrait needs a Wan 2.1 I2V 14B model (Load Diffusion Model); this MODEL is a {name}.")
+    if getattr(dm, "in_dim", None) != I2V_IN_DIM:
+        raise FantasyPortraitError(
+            f"This Wan model takes {dm.in_dim} input channels, so it is a text-to-video model; FantasyPortrait needs "
+            "an image-to-video model (wan2.1_i2v_480p_14B or 720p).")
+    if len(dm.blocks) != len(adapter.blocks):
+        raise FantasyPortraitError(
+            f"The adapter has {len(adapter.blocks)} blocks but this Wan model has {len(dm.blocks)}: FantasyPortrait "
             "was trained for Wan 2.1 I2V 14B (40 blocks).")
     if adapter.blocks.model_dim != dm.dim:
         raise FantasyPortraitError(
             f"The adapter projects to width {adapter.blocks.model_dim} but this Wan model's width is {dm.dim}: "
             "use Wan 2.1 I2V 14B.")
+    img_emb = getattr(dm, "img_emb", None)
+    if img_emb is None or getattr(img_emb, "emb_pos", None) is not None:
+        log.warning("FantasyPortrait: this Wan I2V model is not Wan 2.1 I2V 14B (%s); it has the same structure, so "
+                    "the portrait runs, but the adapter was not trained for it and results may be poor.",
+                    "first-last-frame model" if img_emb is not None else "no CLIP-image attention, e.g. Wan 2.2")
+
+
+def portrait_state(model) -> PortraitState | None:
+    """The portrait a MODEL carries (from :func:`apply_portrait`), or None."""
+    dit = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+    patch = dit.get(("double_block", 0))
+    return patch.state if isinstance(patch, PortraitBlockPatch) else None
+
+
+def _projections(adapter, model) -> comfy.model_patcher.ModelPatcher:
+    """One ModelPatcher per adapter and load device, shared by every Apply (weights are never copied)."""
+    held = getattr(adapter, "_comfy_projections", None)
+    module = held.model if held is not None else AdapterProjections(adapter.blocks.weights)
+    return managed_module(adapter, "_comfy_projections", module, model.load_device)
+
+
+def apply_portrait(model, adapter, windows: torch.Tensor, strength: float = 1.0, start_percent: float = 0.0,
+                   end_percent: float = 1.0, mask: torch.Tensor | None = None,
+                   query_scale: torch.Tensor | None = None, grid: tuple[int, int] | None = None,
+                   size: tuple[int, int] | None = None):
+    """A clone of ``model`` (native Wan 2.1 I2V) with the portrait branch in every block.
+
+    A portrait already on ``model`` is replaced, not stacked."""
+    require_finite(portrait_strength=strength, start_percent=start_percent, end_percent=end_percent)
+    check_wan_model(model, adapter)
     if windows.ndim == 3:
         windows = windows.unsqueeze(0)
     if windows.shape[0] != 1:
         raise FantasyPortraitError("Portrait embeds must be for one output video (concatenate persons first).")
-    projections = comfy.model_patcher.ModelPatcher(
-        AdapterProjections(adapter.blocks.weights), load_device=model.load_device,
-        offload_device=comfy.model_management.unet_offload_device())
-    sampling = model.get_model_object("model_sampling")
-    state = PortraitState(projections, windows.float().cpu(), mask, strength,
-                          sigma_start=float(sampling.percent_to_sigma(start_percent)),
-                          sigma_end=float(sampling.percent_to_sigma(end_percent)),
-                          num_heads=blocks[0].num_heads, query_scale=query_scale)
+    if not torch.isfinite(windows).all():
+        raise FantasyPortraitError("The portrait embeds contain NaN or infinite values; re-run FantasyPortrait Encode.")
+    dm = model.get_model_object("diffusion_model")
+    state = PortraitState(_projections(adapter, model), windows.float().cpu(), mask, float(strength),
+                          float(start_percent), float(end_percent), num_heads=dm.blocks[0].num_heads,
+                          query_scale=query_scale, grid=grid, size=size)
     patched = model.clone()
-    for i in range(len(blocks)):
+    dit = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+    if portrait_state(model) is not None:
+        log.info("FantasyPortrait: this MODEL already carried a portrait; it is replaced by the new one.")
+    elif any(key[0] == "double_block" for key in dit):
+        log.warning("FantasyPortrait: another node's Wan block patch is replaced by the portrait branch (ComfyUI "
+                    "does not chain block replace patches).")
+    for wrapper_type in (comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
+                         comfy.patcher_extension.WrappersMP.OUTER_SAMPLE):
+        patched.remove_wrappers_with_key(wrapper_type, WRAPPER_KEY)
+    for i in range(len(dm.blocks)):
         patched.set_model_patch_replace(PortraitBlockPatch(i, state), "dit", "double_block", i)
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
                                  _diffusion_model_wrapper(state))
@@ -214,8 +334,6 @@ def apply_portrait(model, adapter, windows: torch.Tensor, strength: float = 1.0,
 
 def with_portrait_scale(conditioning, value: float):
     """Conditioning whose model calls carry the portrait on (1) or off (0)."""
-    import comfy.conds
-
     out = []
     for emb, opts in conditioning:
         opts = opts.copy()
@@ -227,35 +345,82 @@ def with_portrait_scale(conditioning, value: float):
 
 
 class PortraitGuider(comfy.samplers.CFGGuider):
-    """Released guidance with a separate portrait scale.
+    """Released guidance with a separate portrait scale, through ComfyUI's CFG functions.
 
-    * ``portrait_cfg == 1``: ordinary CFG, the portrait in both passes (released behaviour);
-    * ``portrait_cfg != 1, cfg == 1``: ``no_port + portrait_cfg * (pos - no_port)`` (2 passes);
-    * otherwise: ``neg + cfg * (no_port - neg) + portrait_cfg * (pos - no_port)`` (3 passes, batched),
-      with the portrait off in the negative and ``no_port`` passes.
+    * ``portrait_cfg <= 1``: ordinary CFG, the portrait in both passes (released: portrait guidance
+      only when its scale is > 1);
+    * ``cfg == 1``: ``no_port + portrait_cfg * (pos - no_port)`` (2 passes; CFG with ``no_port`` as
+      the unconditional prediction);
+    * otherwise: ``neg + cfg * (no_port - neg) + portrait_cfg * (pos - no_port)`` (3 passes, batched;
+      the text CFG part goes through ComfyUI's CFG functions, as core's DualCFGGuider does),
+    with the portrait off in the negative and ``no_port`` passes. Set-up order does not matter.
     """
 
-    def set_cfg(self, cfg, portrait_cfg=1.0):
+    def __init__(self, model_patcher):
+        if portrait_state(model_patcher) is None:
+            raise FantasyPortraitError(
+                "This MODEL carries no portrait: connect the output of FantasyPortrait Apply (MODEL patch).")
+        super().__init__(model_patcher)
+        self.portrait_cfg = 1.0
+        self._pos = self._neg = None
+
+    def set_cfg(self, cfg, portrait_cfg=None):
+        require_finite(cfg=cfg, portrait_cfg=portrait_cfg)
         self.cfg = cfg
-        self.portrait_cfg = portrait_cfg
+        if portrait_cfg is not None:
+            self.portrait_cfg = portrait_cfg
 
     def set_conds(self, positive, negative):
-        portrait_in_negative = 1.0 if math.isclose(getattr(self, "portrait_cfg", 1.0), 1.0) else 0.0
+        self._pos, self._neg = positive, negative
+
+    @property
+    def portrait_guidance(self) -> bool:
+        return self.portrait_cfg > 1 and not math.isclose(self.portrait_cfg, 1.0)
+
+    def sample(self, *args, **kwargs):
+        if self._pos is None:
+            raise FantasyPortraitError("FantasyPortrait Guider has no conditioning (positive/negative).")
+        guided = self.portrait_guidance
+        self.original_conds = {}
         self.inner_set_conds({
-            "positive": with_portrait_scale(positive, 1.0),
-            "negative": with_portrait_scale(negative, portrait_in_negative),
-            "no_portrait": with_portrait_scale(positive, 0.0),
+            "positive": with_portrait_scale(self._pos, 1.0),
+            "negative": with_portrait_scale(self._neg, 0.0 if guided else 1.0),
+            **({"no_portrait": with_portrait_scale(self._pos, 0.0)} if guided else {}),
         })
+        return super().sample(*args, **kwargs)
 
     def predict_noise(self, x, timestep, model_options=None, seed=None):
         model_options = model_options if model_options is not None else {}
-        pos, neg, nop = self.conds.get("positive"), self.conds.get("negative"), self.conds.get("no_portrait")
-        if math.isclose(self.portrait_cfg, 1.0):
+        pos, neg = self.conds.get("positive"), self.conds.get("negative")
+        if not self.portrait_guidance:
             return comfy.samplers.sampling_function(self.inner_model, x, timestep, neg, pos, self.cfg,
                                                     model_options=model_options, seed=seed)
-        if math.isclose(self.cfg, 1.0):
-            out_nop, out_pos = comfy.samplers.calc_cond_batch(self.inner_model, [nop, pos], x, timestep, model_options)
-            return out_nop + self.portrait_cfg * (out_pos - out_nop)
-        out_neg, out_nop, out_pos = comfy.samplers.calc_cond_batch(self.inner_model, [neg, nop, pos], x, timestep,
-                                                                   model_options)
-        return out_neg + self.cfg * (out_nop - out_neg) + self.portrait_cfg * (out_pos - out_nop)
+        nop = self.conds.get("no_portrait")
+        if math.isclose(self.cfg, 1.0) and not model_options.get("disable_cfg1_optimization", False):
+            return comfy.samplers.sampling_function(self.inner_model, x, timestep, nop, pos, self.portrait_cfg,
+                                                    model_options=model_options, seed=seed)
+        conds = [nop, neg, pos]
+        out = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
+        for fn in model_options.get("sampler_pre_cfg_function", []):
+            out = fn({"conds": conds, "conds_out": out, "cond_scale": self.cfg, "timestep": timestep, "input": x,
+                      "sigma": timestep, "model": self.inner_model, "model_options": model_options})
+        text = comfy.samplers.cfg_function(self.inner_model, out[0], out[1], self.cfg, x, timestep,
+                                           model_options=model_options, cond=nop, uncond=neg)
+        return text + self.portrait_cfg * (out[2] - out[0])
+
+
+def managed_module(owner, attr: str, module: torch.nn.Module, load_device) -> comfy.model_patcher.ModelPatcher:
+    """A ModelPatcher for a small model, kept on ``owner`` (one per owner and load device), so that
+    ComfyUI's model management loads, offloads and frees it like any other model."""
+    held = getattr(owner, attr, None)
+    if held is None or held.model is not module or held.load_device != load_device:
+        held = comfy.model_patcher.ModelPatcher(module, load_device=load_device,
+                                                offload_device=comfy.model_management.unet_offload_device())
+        setattr(owner, attr, held)
+    return held
+
+
+def load_managed(patcher: comfy.model_patcher.ModelPatcher):
+    """Load a managed model to its device through ComfyUI; returns the module and the device."""
+    comfy.model_management.load_models_gpu([patcher])
+    return patcher.model, patcher.load_device

@@ -30,3 +30,12 @@ def require(module_name: str, feature: str, pip_name: str | None = None):
             f"installed ({exc}). Install it into ComfyUI's Python with: "
             f"python -m pip install {pip_name or module_name}"
         ) from exc
+
+
+def require_finite(**values) -> None:
+    """Refuse NaN or infinite numeric inputs (ComfyUI's min/max checks let NaN through)."""
+    import math
+
+    for name, value in values.items():
+        if value is not None and not math.isfinite(float(value)):
+            raise FantasyPortraitError(f"{name} is {value}; give a finite number.")

@@ -141,6 +141,8 @@ def parse_strengths(text: str, count: int) -> list[float]:
         values = [float(p) for p in text.replace(" ", "").split(",")]
     except ValueError:
         raise FantasyPortraitError(f"Per-person strengths {text!r} must be numbers separated by commas.") from None
+    if not all(math.isfinite(v) for v in values):
+        raise FantasyPortraitError(f"Per-person strengths {text!r} must be finite numbers (no nan or inf).")
     if len(values) == 1:
         return values * count
     if len(values) != count:

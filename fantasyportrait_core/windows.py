@@ -120,3 +120,36 @@ def fit_frame_count(features: torch.Tensor, mode: str = "error") -> tuple[torch.
     pad = features[..., -1:, :].expand(*features.shape[:-2], upper - frames, features.shape[-1])
     return torch.cat([features, pad], dim=-2), (
         f"padded the driving features from {frames} to {upper} frames (4k+1) by repeating the last frame")
+
+
+def frame_count_of_latent(latent_frames: int) -> int:
+    """Video frames of a Wan latent with ``latent_frames`` frames (the inverse of :func:`latent_frame_count`)."""
+    return VAE_TEMPORAL_STRIDE * (latent_frames - 1) + 1
+
+
+def check_latent_fit(embeds_latent_frames: int, latent_shape, grid: tuple[int, int] | None = None,
+                     size: tuple[int, int] | None = None) -> None:
+    """Refuse a latent the portrait embeds were not made for, naming the input to change.
+
+    ``latent_shape`` is the sampled latent's ``[B, C, T, H, W]``; ``grid`` the token grid (rows, cols)
+    a multi-portrait mask was built for (``size`` its width x height in pixels).
+    """
+    if len(latent_shape) != 5:
+        raise FantasyPortraitError(
+            f"The latent being sampled has shape {tuple(latent_shape)}, not a video latent [B, C, T, H, W]: connect "
+            "WanImageToVideo's latent output.")
+    t_lat, height, width = latent_shape[2], latent_shape[3], latent_shape[4]
+    if t_lat != embeds_latent_frames:
+        have, want = frame_count_of_latent(embeds_latent_frames), frame_count_of_latent(t_lat)
+        raise FantasyPortraitError(
+            f"The portrait embeds cover {have} frames ({embeds_latent_frames} latent frames) but the latent being "
+            f"sampled has {t_lat} latent frames ({want} frames). Set WanImageToVideo's length to {have}, or "
+            f"num_frames in FantasyPortrait Encode to {want}.")
+    if grid is not None:
+        actual = (-(-height // 2), -(-width // 2))  # Wan pads the latent to whole 2x2 patches
+        if tuple(grid) != actual:
+            made = f"{size[0]}x{size[1]}" if size else f"a {grid[1]}x{grid[0]}-token grid"
+            raise FantasyPortraitError(
+                f"The multi-portrait regions were made for {made} (width x height) but the latent being sampled is "
+                f"{width * 8}x{height * 8}: use the same width and height in FantasyPortrait Multi-Portrait Combine "
+                "and WanImageToVideo.")

@@ -5,7 +5,6 @@ sampler, and the MODEL-patch + GUIDER pair for SamplerCustomAdvanced. Logic live
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 import torch
@@ -20,34 +19,17 @@ import latent_preview
 from ..fantasyportrait_core.adapter import GroupScales
 from ..fantasyportrait_core.checkpoints import load_adapter
 from ..fantasyportrait_core.encoding import PortraitEmbeds, encode_features
-from ..fantasyportrait_core.errors import FantasyPortraitError
+from ..fantasyportrait_core.errors import FantasyPortraitError, require_finite
 from ..fantasyportrait_core.extraction import (FaceModels, aligned_crops, draw_preview, encode_crops,
                                                frames_to_uint8)
 from ..fantasyportrait_core.faces import FaceDetector, LandmarkModel
 from ..fantasyportrait_core.motion_encoder import load_motion_encoder
 from ..fantasyportrait_core.tracking import keep_persons, track_faces
-from ..fantasyportrait_core.windows import fit_frame_count, nearest_valid_frame_counts
+from ..fantasyportrait_core.windows import fit_frame_count, frame_count_of_latent, nearest_valid_frame_counts
 from .common import CATEGORY, FOLDER, Progress, adapter_files, adapter_path, register_model_folder
 
 log = logging.getLogger("FantasyPortrait")
 register_model_folder()
-
-_CACHE: dict = {}
-
-
-def _cached(key, build):
-    """Keep the most recently used model of each kind (adapter, face models) across runs."""
-    kind = key[0]
-    held = _CACHE.get(kind)
-    if held is None or held[0] != key:
-        _CACHE.pop(kind, None)  # release the previous one before loading another
-        _CACHE[kind] = (key, build())
-    return _CACHE[kind][1]
-
-
-def _file_key(path):
-    st = os.stat(path)
-    return (os.path.realpath(path), st.st_size, st.st_mtime_ns)
 
 
 def _to_image(arr: np.ndarray) -> torch.Tensor:
@@ -71,8 +53,8 @@ class FantasyPortraitModelLoader:
     DESCRIPTION = "Loads the FantasyPortrait adapter (expression-token encoder and per-block projections)."
 
     def load(self, model_name, dtype):
-        path = adapter_path(model_name)
-        return (_cached(("adapter", _file_key(path), dtype), lambda: load_adapter(path, dtype=dtype)),)
+        # ComfyUI's node cache keeps the loaded adapter while the graph uses it and releases it on "free memory"
+        return (load_adapter(adapter_path(model_name), dtype=dtype),)
 
 
 class FantasyPortraitFaceModelLoader:
@@ -112,19 +94,14 @@ class FantasyPortraitFaceModelLoader:
 
         paths = [full(detector), full(landmarks), full(motion_encoder)]
         providers = ["CPUExecutionProvider"] if device == "cpu" else None
-        key = ("faces", tuple(_file_key(p) for p in paths), device, insightface_dir)
+        enc = load_motion_encoder(paths[2])
+        if insightface_dir.strip():
+            from ..fantasyportrait_core.faces import InsightFaceDetector
 
-        def build():
-            enc = load_motion_encoder(paths[2])
-            if insightface_dir.strip():
-                from ..fantasyportrait_core.faces import InsightFaceDetector
-
-                det = InsightFaceDetector(insightface_dir.strip(), providers=providers)
-            else:
-                det = FaceDetector(paths[0], providers)
-            return FaceModels(det, LandmarkModel(paths[1], providers), enc)
-
-        models = _cached(key, build)
+            det = InsightFaceDetector(insightface_dir.strip(), providers=providers)
+        else:
+            det = FaceDetector(paths[0], providers)
+        models = FaceModels(det, LandmarkModel(paths[1], providers), enc)
         models.torch_device = comfy.model_management.get_torch_device() if device == "auto" else torch.device("cpu")
         return (models,)
 
@@ -178,12 +155,11 @@ class FantasyPortraitExpressionExtractor:
     def extract(self, face_models, tracks, fps):
         t, frames = tracks["tracks"], tracks["frames"]
         crops = aligned_crops(frames, t).reshape(-1, 224, 224, 3)
+        from ..fantasyportrait_core.comfy_wan import load_managed, managed_module
+
         device = getattr(face_models, "torch_device", torch.device("cpu"))
-        encoder = face_models.motion_encoder.to(device)
-        try:
-            feats = encode_crops(encoder, crops, device=device, progress=Progress(len(crops)))
-        finally:
-            face_models.motion_encoder.to("cpu")
+        encoder, device = load_managed(managed_module(face_models, "_comfy_motion", face_models.motion_encoder, device))
+        feats = encode_crops(encoder, crops, device=device, progress=Progress(len(crops)))
         return ({"features": feats.reshape(t.num_persons, t.num_frames, -1), "fps": fps, "tracks": t},)
 
 
@@ -219,8 +195,10 @@ class FantasyPortraitEncode:
     DESCRIPTION = "Turns expression features into per-latent-frame token windows for the patched Wan model."
 
     def encode(self, adapter, features, person, num_frames, frame_fit, proj_scale, mouth_scale, emo_scale, fps=0.0):
+        from ..fantasyportrait_core.comfy_wan import load_managed, managed_module
         from ..fantasyportrait_core.video import resample_indices
 
+        require_finite(proj_scale=proj_scale, mouth_scale=mouth_scale, emo_scale=emo_scale, fps=fps)
         feats = features["features"]
         if person >= feats.shape[0]:
             raise FantasyPortraitError(f"Person {person} was asked for but the driving clip has {feats.shape[0]} "
@@ -256,13 +234,10 @@ class FantasyPortraitEncode:
             feats, note = fit_frame_count(feats, frame_fit)
             if note:
                 log.warning("FantasyPortrait: %s", note)
-        device = comfy.model_management.get_torch_device()
-        encoder = adapter.encoder.to(device)
-        try:
-            embeds = encode_features(encoder, feats, GroupScales(proj_scale, mouth_scale, emo_scale),
-                                     progress=Progress(feats.shape[1]))
-        finally:
-            adapter.encoder.to(comfy.model_management.unet_offload_device())
+        encoder, _ = load_managed(managed_module(adapter, "_comfy_encoder", adapter.encoder,
+                                                 comfy.model_management.get_torch_device()))
+        embeds = encode_features(encoder, feats, GroupScales(proj_scale, mouth_scale, emo_scale),
+                                 progress=Progress(feats.shape[1]))
         embeds.tokens, embeds.windows = embeds.tokens.cpu(), embeds.windows.cpu()
         if boxes is not None:  # the driver's face boxes, for multi-portrait regions
             boxes = boxes[:embeds.num_frames]
@@ -271,32 +246,14 @@ class FantasyPortraitEncode:
         return ({"embeds": embeds, "mask": None, "fps": rate, "driver_boxes": boxes}, embeds.num_frames)
 
 
-def _check_latent(portrait_embeds, latent):
-    embeds: PortraitEmbeds = portrait_embeds["embeds"]
-    samples = latent["samples"]
-    if samples.ndim != 5:
-        raise FantasyPortraitError("The latent is not a video latent: connect WanImageToVideo's latent output.")
-    mask = portrait_embeds.get("mask")
-    if mask is not None:
-        rows, cols = -(-samples.shape[3] // 2), -(-samples.shape[4] // 2)
-        if mask.shape[1] != rows * cols:
-            size = portrait_embeds.get("size")
-            raise FantasyPortraitError(
-                f"The multi-portrait regions were made for a {size[0]}x{size[1]} video but the latent is "
-                f"{samples.shape[4] * 8}x{samples.shape[3] * 8}: use the same width and height in both nodes.")
-    t_lat = samples.shape[2]
-    if t_lat != embeds.windows.shape[1]:
-        raise FantasyPortraitError(
-            f"The portrait embeds cover {embeds.num_frames} frames ({embeds.windows.shape[1]} latent frames) but the "
-            f"latent has {t_lat} latent frames ({4 * (t_lat - 1) + 1} frames). Set WanImageToVideo's length to "
-            f"{embeds.num_frames}, or num_frames in FantasyPortrait Encode to {4 * (t_lat - 1) + 1}.")
-
-
 def _patch(model, adapter, portrait_embeds, strength, start_percent, end_percent):
     from ..fantasyportrait_core.comfy_wan import apply_portrait
+    from ..fantasyportrait_core.multi import token_grid
 
+    size = portrait_embeds.get("size")
+    grid = token_grid(*size) if size is not None and portrait_embeds.get("mask") is not None else None
     return apply_portrait(model, adapter, portrait_embeds["embeds"].windows, strength, start_percent, end_percent,
-                          portrait_embeds.get("mask"), portrait_embeds.get("query_scale"))
+                          portrait_embeds.get("mask"), portrait_embeds.get("query_scale"), grid=grid, size=size)
 
 
 PATCH_INPUTS = {
@@ -333,7 +290,8 @@ GUIDE_INPUTS = {
     "cfg": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip": "Text "
                       "guidance. Released setting: 1 (then the negative prompt is not evaluated)."}),
     "portrait_cfg": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 20.0, "step": 0.1, "round": 0.01, "tooltip":
-                               "Portrait guidance (released: 4). 1 = none (no extra model pass)."}),
+                               "Portrait guidance (released: 4). 1 or less = none (plain CFG with the portrait in "
+                               "every pass, no extra model pass)."}),
 }
 
 
@@ -387,7 +345,6 @@ class FantasyPortraitSampler:
 
     def sample(self, model, adapter, portrait_embeds, portrait_strength, start_percent, end_percent, positive, negative,
                latent_image, seed, steps, cfg, portrait_cfg, sampler_name, scheduler, denoise):
-        _check_latent(portrait_embeds, latent_image)
         patched = _patch(model, adapter, portrait_embeds, portrait_strength, start_percent, end_percent)
         guider = _guider(patched, positive, negative, cfg, portrait_cfg)
         latent = comfy.sample.fix_empty_latent_channels(patched, latent_image["samples"])
@@ -461,7 +418,7 @@ class FantasyPortraitMultiCombine:
             log.warning("FantasyPortrait: the drivers have different frame rates (%s); the output uses one rate, so "
                         "some drivers play faster or slower. Resample the clips to one rate first.", sorted(fps))
         t_lat = out["windows"].shape[1]
-        frames, per_frame = 4 * (t_lat - 1) + 1, drivers[0]["embeds"].tokens_per_frame
+        frames, per_frame = frame_count_of_latent(t_lat), drivers[0]["embeds"].tokens_per_frame
         tokens = torch.cat([d["embeds"].tokens[:, :frames * per_frame] for d in drivers])
         embeds = PortraitEmbeds(tokens=tokens, windows=out["windows"], num_frames=frames, tokens_per_frame=per_frame)
         import comfy.utils

@@ -6,52 +6,18 @@ argv: COMFYUI_DIR REPO_DIR. Prints one JSON object with the measured numbers.
 import json
 import os
 import sys
-import tempfile
 
-comfy_dir, repo = sys.argv[1], sys.argv[2]
-sys.argv = [sys.argv[0], "--cpu", "--use-pytorch-cross-attention"]
-os.chdir(comfy_dir)
-sys.path.insert(0, comfy_dir)
-sys.path.insert(0, os.path.join(repo, "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__))))
 
-import comfy.options  # noqa: E402
+from comfy_inproc import boot  # noqa: E402
 
-comfy.options.enable_args_parsing()
-
-import torch  # noqa: E402
-
-import comfy.sd  # noqa: E402
+H = boot(sys.argv[1], sys.argv[2])
+torch, model, adapter, embeds, portrait, fp = H.torch, H.model, H.adapter, H.embeds, H.portrait, H.fp
+positive, negative, latent, g = H.positive, H.negative, H.latent, H.g
 import nodes  # noqa: E402
-
-tmp = tempfile.mkdtemp()
-os.symlink(repo, os.path.join(tmp, "fantasyportrait_pack"))
-sys.path.insert(0, tmp)
-import fantasyportrait_pack  # noqa: E402
-from checkpoint_factory import adapter_state_dict, flatten  # noqa: E402
-from fantasyportrait_pack.fantasyportrait_core import adapter_from_state_dict  # noqa: E402
-from fantasyportrait_pack.fantasyportrait_core.encoding import encode_features  # noqa: E402
 from fantasyportrait_pack.fantasyportrait_core.attention import adapter_cross_attention, project_window_kv  # noqa: E402
-from fantasyportrait_pack.nodes import nodes_fantasyportrait as fp  # noqa: E402
 
-result = {"nodes": sorted(fantasyportrait_pack.NODE_CLASS_MAPPINGS)}
-
-from comfy_models import write_tiny_wan  # noqa: E402
-
-model = comfy.sd.load_diffusion_model(write_tiny_wan(os.path.join(tmp, "tiny_wan_i2v.safetensors")))
-
-# conditioning as WanImageToVideo + a CLIP-vision output would give it (257 image tokens)
-class ClipOut:
-    penultimate_hidden_states = torch.randn(1, 257, 1280)
-
-g = torch.Generator().manual_seed(1)
-image = {"concat_latent_image": torch.randn(1, 16, 3, 8, 10, generator=g), "clip_vision_output": ClipOut()}
-positive = [[torch.randn(1, 12, 4096, generator=g), dict(image)]]
-negative = [[torch.randn(1, 12, 4096, generator=g), dict(image)]]
-latent = {"samples": torch.zeros(1, 16, 3, 8, 10)}
-
-adapter = adapter_from_state_dict(flatten(adapter_state_dict(model_dim=256, blocks=2, seed=3)))
-embeds = encode_features(adapter.encoder, torch.randn(1, 9, 554, generator=g))
-portrait = {"embeds": embeds, "mask": None}
+result = {"nodes": sorted(H.pack.NODE_CLASS_MAPPINGS)}
 
 
 def run_fp(strength, cfg, pcfg, start=0.0, end=1.0):
@@ -119,24 +85,21 @@ reference = block(x, e=e, freqs=freqs, context=ctx, context_img_len=257)
 handle.remove()
 from fantasyportrait_pack.fantasyportrait_core.comfy_wan import PortraitBlockPatch, PortraitState  # noqa: E402
 from fantasyportrait_pack.fantasyportrait_core.attention import AdapterProjections  # noqa: E402
+from comfy_inproc import call_block_patch  # noqa: E402
 import comfy.model_patcher  # noqa: E402
 
 state = PortraitState(comfy.model_patcher.ModelPatcher(AdapterProjections(adapter.blocks.weights), "cpu", "cpu"),
-                      embeds.windows, None, scale, 1e9, -1.0, 2)
-info = {"scale": None, "context_img_len": 257, "active": True, "diffusion_model": dm}
-ours = PortraitBlockPatch(1, state)({"img": x, "txt": ctx, "vec": e, "pe": freqs,
-                                     "transformer_options": {"fantasyportrait": info}},
-                                    {"original_block": None})["img"]
+                      embeds.windows, None, scale, 0.0, 1.0, 2)
+ours = call_block_patch(PortraitBlockPatch(1, state), dm, x, e, freqs, ctx)
 result["block_rel_diff"] = float((ours - reference).norm() / reference.norm())
 
 # a context window over latent frames [1, 2]: the patch uses those frames' windows only
-sub = PortraitState(state.projections, embeds.windows[:, 1:3], None, scale, 1e9, -1.0, 2)
+sub = PortraitState(state.projections, embeds.windows[:, 1:3], None, scale, 0.0, 1.0, 2)
 xs = x[:, 20:]  # 2 latent frames of 20 tokens
 freqs2 = dm.rope_encode(2, 8, 10, device=x.device, dtype=x.dtype)
-run = lambda st, frames: PortraitBlockPatch(1, st)(  # noqa: E731
-    {"img": xs, "txt": ctx, "vec": e, "pe": freqs2,
-     "transformer_options": {"fantasyportrait": {**info, "frames": frames}}}, {"original_block": None})["img"]
-result["context_window_equal"] = bool(torch.equal(run(state, [1, 2]), run(sub, None)))
+result["context_window_equal"] = bool(torch.equal(
+    call_block_patch(PortraitBlockPatch(1, state), dm, xs, e, freqs2, ctx, frames=[1, 2]),
+    call_block_patch(PortraitBlockPatch(1, sub), dm, xs, e, freqs2, ctx)))
 result["block_branch_rel_effect"] = float((reference - block(x, e=e, freqs=freqs, context=ctx, context_img_len=257)).norm()
                                           / reference.norm())
 # FantasyPortrait Encode: fps resampling, length fitting, clear errors

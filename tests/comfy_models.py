@@ -25,14 +25,16 @@ def _fill(shapes, seed=0):
     return sd
 
 
-def write_tiny_wan(path, seed=0):
-    """Wan 2.1 I2V, dim 256 (2 heads of 128), 2 blocks: detected by ComfyUI as a native I2V model."""
+def write_tiny_wan(path, seed=0, model_type="i2v", in_dim=36):
+    """Wan 2.1 I2V, dim 256 (2 heads of 128), 2 blocks: detected by ComfyUI as a native I2V model.
+    ``model_type="t2v"`` drops the CLIP-image parts: with ``in_dim=16`` a Wan 2.1 T2V model, with 36 the
+    structure of Wan 2.2 A14B I2V."""
     import comfy.ops
     from comfy.ldm.wan.model import WanModel
     from safetensors.torch import save_file
 
     with torch.device("meta"):
-        shapes = WanModel(model_type="i2v", dim=256, ffn_dim=512, num_heads=2, num_layers=2, in_dim=36, out_dim=16,
+        shapes = WanModel(model_type=model_type, dim=256, ffn_dim=512, num_heads=2, num_layers=2, in_dim=in_dim, out_dim=16,
                           operations=comfy.ops.disable_weight_init).state_dict()
     save_file(_fill(shapes, seed), path)
     return path

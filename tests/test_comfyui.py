@@ -64,6 +64,89 @@ def test_block_patch_matches_the_released_formula(host_result):
     assert host_result["context_window_equal"]  # context windows get their own latent frames' tokens
 
 
+@pytest.fixture(scope="module")
+def patch_result():
+    proc = subprocess.run([PYTHON, os.path.join(ROOT, "tests", "comfy_patch_check.py"), COMFYUI_DIR, ROOT],
+                          capture_output=True, text=True, timeout=900)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def test_applying_again_replaces_the_portrait(patch_result):
+    assert patch_result["portrait_effect"] > 0.01
+    assert patch_result["apply_then_sampler_diff"] == 0.0  # Apply -> Sampler == Sampler on the plain model
+    assert patch_result["apply_twice_diff"] == 0.0  # the second Apply wins, the first is gone
+
+
+def test_clones_share_the_adapter_and_its_state(patch_result):
+    assert patch_result["clones_share_state"]
+    shared, per_model = patch_result["clone_projection_storages"]
+    assert shared == per_model == 4  # 10 clones, still one k and one v tensor per block of the 2-block adapter
+    assert patch_result["clone_equals_original"] == 0.0
+
+
+def test_embeds_and_mask_are_checked_against_the_latent_on_every_path(patch_result):
+    for path in ("ksampler", "sampler", "guider"):
+        message = patch_result[f"length_error_{path}"]
+        assert "cover 9 frames (3 latent frames)" in message and "6 latent frames (21 frames)" in message, message
+        assert "WanImageToVideo's length to 9" in message
+    assert "made for 64x80" in patch_result["grid_error"] and "80x64" in patch_result["grid_error"]
+    assert patch_result["grid_ok"] is None
+
+
+def test_the_hosts_own_block_runs_with_the_portrait(patch_result):
+    assert patch_result["wrapped_block_forward_kept"] < 1e-6  # a wrapped WanAttentionBlock.forward still acts
+    assert patch_result["inner_hook_effect"] > 1e-3  # a hook inside the block still acts
+    assert patch_result["hooks_removed_after_call"]
+
+
+def test_only_wan_i2v_models_are_accepted(patch_result):
+    assert "text-to-video" in patch_result["t2v_error"] and "16 input channels" in patch_result["t2v_error"]
+    assert patch_result["wan22_apply_error"] is None
+    assert "not Wan 2.1 I2V 14B" in patch_result["wan22_warning"] and "Wan 2.2" in patch_result["wan22_warning"]
+    assert "needs a Wan 2.1 I2V 14B model" in patch_result["non_wan_error"]
+
+
+def test_guidance_formulas_against_separate_model_calls(patch_result):
+    assert patch_result["three_pass_formula"] < 1e-5
+    assert patch_result["two_pass_formula"] < 1e-5
+    assert patch_result["portrait_guidance_effect"] > 1e-2  # not the same as plain CFG
+    assert patch_result["pcfg_below_one_equals_plain_cfg"] < 1e-6
+    assert patch_result["setup_order_diff"] == 0.0
+    assert "carries no portrait" in patch_result["guider_without_portrait_error"]
+
+
+def test_other_guidance_patches_still_apply(patch_result):
+    assert patch_result["post_cfg_effect_3"] > 0.05 and patch_result["post_cfg_effect_1"] > 0.05
+    assert patch_result["post_cfg_scales_seen"] == [3.0, 4.0]  # text scale (3 passes), portrait scale (2 passes)
+    assert patch_result["rescale_cfg_effect"] > 1e-3
+
+
+def test_percent_window_follows_the_model_sampling_at_sampling_time(patch_result):
+    assert patch_result["percent_after_shift_diff"] == 0.0
+    assert patch_result["percent_window_effect"] > 1e-3
+
+
+def test_non_finite_numbers_are_refused(patch_result):
+    assert "portrait_strength is nan" in patch_result["nan_strength_error"]
+    assert "portrait_cfg is inf" in patch_result["nan_pcfg_error"]
+
+
+def test_memory_held_between_block_calls_and_model_management(patch_result):
+    # between block calls only the token windows stay on the device (no per-block K/V)
+    assert patch_result["held_bytes"] == [patch_result["windows_bytes"]] * 3
+    assert patch_result["projections_loaded_during_run"]  # the K/V weights are declared to ComfyUI
+    assert patch_result["run_cleared_after"]
+    assert patch_result["encoder_managed"] and patch_result["encoder_freed"]
+    assert patch_result["encoder_dtype"] == "torch.float32"
+
+
+def test_context_window_calls_get_their_frames_with_the_anchor(patch_result):
+    assert patch_result["anchored_window_frames"] == [1, 2]
+    assert "covers 2 latent frames but its model call has 3" in patch_result["window_mismatch_error"]
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -20,3 +20,19 @@ def test_pack_init_imports_without_comfyui():
         del sys.modules[spec.name]
     assert isinstance(module.NODE_CLASS_MAPPINGS, dict)
     assert isinstance(module.NODE_DISPLAY_NAME_MAPPINGS, dict)
+    assert module.NODE_CLASS_MAPPINGS == {}  # no ComfyUI, no nodes
+
+
+def test_minimum_comfyui_version_is_declared_and_checked():
+    spec = importlib.util.spec_from_file_location("fantasyportrait_pack_v", os.path.join(ROOT, "__init__.py"),
+                                                  submodule_search_locations=[ROOT])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with open(os.path.join(ROOT, "pyproject.toml")) as fh:
+        declared = [line for line in fh if line.startswith("requires-comfyui")]
+    assert declared == ['requires-comfyui = ">=0.3.64"\n']
+    assert module.MIN_COMFYUI == (0, 3, 64)
+    message = module.comfyui_too_old("0.3.60")
+    assert "needs ComfyUI 0.3.64 or newer, this is 0.3.60" in message and "not loaded" in message
+    assert module.comfyui_too_old("0.3.64") is None and module.comfyui_too_old("0.38.1") is None
+    assert module.comfyui_too_old("0.4.0") is None and module.comfyui_too_old("1.0.0-rc1") is None

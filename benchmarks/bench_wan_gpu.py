@@ -1,0 +1,140 @@
+"""Whole sampling steps on a GPU: the stock sampler vs the portrait, side by side in one run.
+
+    COMFYUI_DIR=/path/to/ComfyUI $COMFYUI_PYTHON benchmarks/bench_wan_gpu.py [--steps 2]
+
+Builds a randomly initialised, full-size Wan 2.1 I2V 14B in-process (bf16, no files), samples a
+480p x 81-frame latent (21 x 60 x 104) for ``--steps`` euler steps with:
+
+* the stock KSampler (cfg 1 and cfg 5),
+* the FantasyPortrait Sampler with 1 and 3 people (cfg 1 / portrait_cfg 4: 2 passes; cfg 5 /
+  portrait_cfg 4: 3 passes),
+
+and prints seconds per step and peak VRAM of each, with ratios to the stock run of the same cfg.
+Needs CUDA (about 40 GB of GPU memory for the 14B model in bf16 plus activations); exits otherwise.
+``--tiny`` runs the same code on a 2-block, width-256 model on any device (a smoke test, not a figure).
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--tiny", action="store_true", help="a tiny model on any device (smoke test)")
+    args = ap.parse_args()
+    comfy_dir = os.environ.get("COMFYUI_DIR")
+    if not comfy_dir:
+        sys.exit("set COMFYUI_DIR to a ComfyUI checkout and run this with its Python")
+    import torch
+
+    if not args.tiny and not torch.cuda.is_available():
+        sys.exit("no CUDA device: this benchmark measures GPU time and memory (use --tiny for a smoke test)")
+    sys.argv = [sys.argv[0]] + (["--cpu"] if args.tiny and not torch.cuda.is_available() else [])
+    sys.path.insert(0, comfy_dir)
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    import comfy.model_management as mm
+    import comfy.ops
+    import comfy.sd
+    import nodes
+    from comfy.ldm.wan.model import WanModel
+
+    tmp = tempfile.mkdtemp()
+    os.symlink(ROOT, os.path.join(tmp, "fantasyportrait_pack"))
+    sys.path.insert(0, tmp)
+    from checkpoint_factory import adapter_state_dict, flatten
+    from fantasyportrait_pack.fantasyportrait_core import adapter_from_state_dict
+    from fantasyportrait_pack.fantasyportrait_core.encoding import encode_features
+    from fantasyportrait_pack.fantasyportrait_core.multi import build_mask, query_scales
+    from fantasyportrait_pack.nodes import nodes_fantasyportrait as fp
+
+    torch.set_grad_enabled(False)
+    if args.tiny:
+        cfg_model = dict(dim=256, ffn_dim=512, num_heads=2, num_layers=2)
+        t_lat, h, w, text = 3, 8, 10, 12
+    else:
+        cfg_model = dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
+        t_lat, h, w, text = 21, 60, 104, 512
+    with torch.device("meta"):
+        shapes = WanModel(model_type="i2v", in_dim=36, out_dim=16, operations=comfy.ops.disable_weight_init,
+                          **cfg_model).state_dict()
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    for k, v in shapes.items():  # fan-in scaled random weights, bf16 (norm weights near 1)
+        fan_in = max(int(torch.tensor(v.shape[1:]).prod()) if v.ndim > 1 else v.shape[-1], 1)
+        t = torch.empty(v.shape, dtype=torch.bfloat16)
+        if "norm" in k and k.endswith("weight"):
+            t.fill_(1.0)
+        else:
+            t.normal_(0, fan_in ** -0.5 if not k.endswith("bias") else 0.02, generator=g)
+        sd[k] = t
+    model = comfy.sd.load_diffusion_model_state_dict(sd)
+    del sd
+
+    class ClipOut:
+        penultimate_hidden_states = torch.randn(1, 257, 1280, generator=g)
+
+    image = {"concat_latent_image": torch.randn(1, 16, t_lat, h, w, generator=g), "clip_vision_output": ClipOut()}
+    positive = [[torch.randn(1, text, 4096, generator=g), dict(image)]]
+    negative = [[torch.randn(1, text, 4096, generator=g), dict(image)]]
+    latent = {"samples": torch.zeros(1, 16, t_lat, h, w)}
+    frames = 4 * (t_lat - 1) + 1
+    adapter = adapter_from_state_dict(flatten(adapter_state_dict(model_dim=cfg_model["dim"],
+                                                                 blocks=cfg_model["num_layers"], seed=3)), dtype="bf16")
+
+    def embeds_for(persons):
+        one = encode_features(adapter.encoder, torch.randn(1, frames, 554, generator=g))
+        if persons == 1:
+            return {"embeds": one, "mask": None}
+        windows = one.windows.repeat(1, 1, persons, 1)
+        rows, cols = -(-h // 2), -(-w // 2)
+        labels = torch.zeros(rows, cols, dtype=torch.long)
+        for i in range(persons):
+            labels[rows // 4:3 * rows // 4, (i * cols) // persons + 1:((i + 1) * cols) // persons - 1] = i + 1
+        labels = labels.reshape(-1)
+        one.windows = windows
+        return {"embeds": one, "mask": build_mask(labels, persons, windows.shape[2] // persons, t_lat),
+                "query_scale": query_scales(labels, [1.0] * persons), "size": (w * 8, h * 8)}
+
+    def timed(fn):
+        mm.soft_empty_cache()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
+        return (time.perf_counter() - t0) / args.steps, peak
+
+    def stock(cfg):
+        return lambda: nodes.common_ksampler(model, 7, args.steps, cfg, "euler", "simple", positive, negative, latent)
+
+    def portrait(persons, cfg, pcfg):
+        p = embeds_for(persons)
+        return lambda: fp.FantasyPortraitSampler().sample(model, adapter, p, 1.0, 0.0, 1.0, positive, negative, latent,
+                                                          7, args.steps, cfg, pcfg, "euler", "simple", 1.0)
+
+    stock(1.0)()  # warm-up: loads the model
+    print(f"torch {torch.__version__}, {mm.get_torch_device()}, Wan 2.1 I2V {'tiny' if args.tiny else '14B'} (random), "
+          f"latent {t_lat}x{h}x{w} ({frames} frames), {args.steps} euler steps, seconds per step / peak GiB")
+    for cfg, pcfg in ((1.0, 4.0), (5.0, 4.0)):
+        base, base_peak = timed(stock(cfg))
+        print(f"stock KSampler cfg {cfg:g}: {base:.2f} s/step, {base_peak:.2f} GiB")
+        for persons in (1, 3):
+            s, peak = timed(portrait(persons, cfg, pcfg))
+            print(f"  portrait {persons} person(s), cfg {cfg:g} / portrait_cfg {pcfg:g}: {s:.2f} s/step "
+                  f"(x{s / base:.3f}), {peak:.2f} GiB (x{peak / base_peak:.3f})")
+
+
+if __name__ == "__main__":
+    main()

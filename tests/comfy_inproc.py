@@ -1,0 +1,66 @@
+"""A real ComfyUI in this process, for the host-check scripts (run with the host's Python).
+
+``boot(comfy_dir, repo)`` imports ComfyUI with CPU settings and the pack under a package name, and
+returns a namespace with a tiny Wan 2.1 I2V model, WanImageToVideo-like conditioning (with a
+CLIP-vision output), a latent, a tiny adapter and 9-frame portrait embeds.
+"""
+
+import os
+import sys
+import tempfile
+import types
+
+
+def boot(comfy_dir: str, repo: str) -> types.SimpleNamespace:
+    sys.argv = [sys.argv[0], "--cpu", "--use-pytorch-cross-attention"]
+    os.chdir(comfy_dir)
+    sys.path.insert(0, comfy_dir)
+    sys.path.insert(0, os.path.join(repo, "tests"))
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    import torch
+
+    import comfy.sd
+
+    torch.set_grad_enabled(False)
+    tmp = tempfile.mkdtemp()
+    os.symlink(repo, os.path.join(tmp, "fantasyportrait_pack"))
+    sys.path.insert(0, tmp)
+    import fantasyportrait_pack
+    from checkpoint_factory import adapter_state_dict, flatten
+    from comfy_models import write_tiny_wan
+    from fantasyportrait_pack.fantasyportrait_core import adapter_from_state_dict
+    from fantasyportrait_pack.fantasyportrait_core import comfy_wan
+    from fantasyportrait_pack.fantasyportrait_core.encoding import encode_features
+    from fantasyportrait_pack.nodes import nodes_fantasyportrait as fp
+
+    model = comfy.sd.load_diffusion_model(write_tiny_wan(os.path.join(tmp, "tiny_wan_i2v.safetensors")))
+
+    class ClipOut:  # as a CLIP-vision output: 257 image tokens
+        penultimate_hidden_states = torch.randn(1, 257, 1280)
+
+    g = torch.Generator().manual_seed(1)
+    image = {"concat_latent_image": torch.randn(1, 16, 3, 8, 10, generator=g), "clip_vision_output": ClipOut()}
+    positive = [[torch.randn(1, 12, 4096, generator=g), dict(image)]]
+    negative = [[torch.randn(1, 12, 4096, generator=g), dict(image)]]
+    adapter = adapter_from_state_dict(flatten(adapter_state_dict(model_dim=256, blocks=2, seed=3)))
+    embeds = encode_features(adapter.encoder, torch.randn(1, 9, 554, generator=g))
+    return types.SimpleNamespace(
+        torch=torch, tmp=tmp, pack=fantasyportrait_pack, fp=fp, cw=comfy_wan, model=model, g=g,
+        positive=positive, negative=negative, latent={"samples": torch.zeros(1, 16, 3, 8, 10)}, adapter=adapter,
+        embeds=embeds, portrait={"embeds": embeds, "mask": None}, write_tiny_wan=write_tiny_wan)
+
+
+def call_block_patch(patch, dm, x, e, freqs, ctx, frames=None, context_img_len=257):
+    """Call a portrait block patch as WanModel.forward_orig does (the host's block as original_block)."""
+    block = dm.blocks[patch.index]
+    info = {"run": patch.state.current_run(), "frames": frames, "scale": None, "active": True,
+            "diffusion_model": dm}
+
+    def original_block(args):
+        return {"img": block(args["img"], context=args["txt"], e=args["vec"], freqs=args["pe"],
+                             context_img_len=context_img_len, transformer_options=args["transformer_options"])}
+
+    args = {"img": x, "txt": ctx, "vec": e, "pe": freqs, "transformer_options": {"fantasyportrait": info}}
+    return patch(args, {"original_block": original_block})["img"]
