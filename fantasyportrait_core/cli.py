@@ -90,11 +90,23 @@ def build_parser() -> argparse.ArgumentParser:
                      help="multiplier for the 16 mouth (lip) resampler tokens per frame; default 1")
     enc.add_argument("--emo-scale", type=_positive_float, default=1.0,
                      help="multiplier for the 4 emotion resampler tokens per frame; default 1")
+    for flag, label in (("--head", "head pose"), ("--eyes", "eyes"), ("--emotion", "emotion"), ("--mouth", "mouth")):
+        enc.add_argument(flag, default="follow", metavar="MODE",
+                         help=f"motion control of the {label}, on the features before encoding: follow (default), "
+                              "freeze, scale:AMOUNT (<1 calms, >1 exaggerates), each optionally with ,smooth:SIGMA "
+                              "(Gaussian, in frames), e.g. scale:0.5,smooth:2")
+    enc.add_argument("--reference-frame", type=int, default=0, metavar="N",
+                     help="frame that freeze holds and scale measures from (default 0)")
+    enc.add_argument("--control-person", type=int, action="append", metavar="P",
+                     help="apply the motion control to person P only (repeatable; default every person)")
+    enc.add_argument("--motion-preview", metavar="PREVIEW.png",
+                     help="write a plot of each component's motion before and after the control (first controlled person)")
     enc.add_argument("--fit", choices=("error", "trim", "pad"), default="error",
                      help="what to do when F is not 4k+1: refuse (default), trim to the largest 4k+1 "
                           "(released behaviour) or pad by repeating the last frame")
     enc.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
-                     help="compute dtype of the token encoder; the output is always float32 (default fp32)")
+                     help="precision of the adapter's K/V weights (unused here); the token encoder runs in fp32 "
+                          "and the output is float32")
     enc.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu or cuda (default cpu)")
     enc.set_defaults(func=_cmd_encode)
 
@@ -220,6 +232,7 @@ def _cmd_encode(args) -> int:
     from .adapter import GroupScales
     from .checkpoints import load_adapter
     from .encoding import encode_features
+    from .motion_control import MotionControl, apply_motion_control, draw_motion_preview, parse_component
     from .windows import fit_frame_count
 
     if not os.path.isfile(args.features):
@@ -236,6 +249,21 @@ def _cmd_encode(args) -> int:
     if note:
         print(f"fantasyportrait: {note}", file=sys.stderr)
 
+    control = MotionControl(headpose=parse_component(args.head), eye=parse_component(args.eyes),
+                            emo=parse_component(args.emotion), mouth=parse_component(args.mouth),
+                            reference_frame=args.reference_frame)
+    driven = features
+    features = apply_motion_control(features, control, args.control_person)
+    if args.motion_preview:
+        import cv2
+
+        shown = (args.control_person or [0])[0]
+        pick = (lambda f: f) if features.ndim == 2 else (lambda f: f[shown])
+        preview = draw_motion_preview(pick(driven), pick(features), args.reference_frame)
+        os.makedirs(os.path.dirname(os.path.abspath(args.motion_preview)), exist_ok=True)
+        if not cv2.imwrite(args.motion_preview, preview[..., ::-1]):
+            raise FantasyPortraitError(f"Cannot write the motion preview {args.motion_preview} (use a .png name).")
+
     adapter = load_adapter(args.adapter, dtype=args.dtype)
     try:
         device = torch.device(args.device)
@@ -250,6 +278,7 @@ def _cmd_encode(args) -> int:
         "tokens_per_frame": str(embeds.tokens_per_frame),
         "adapter": adapter.source,
         "scales": json.dumps({"proj": scales.proj, "mouth": scales.mouth, "emo": scales.emo}),
+        "motion_control": control.describe(),
     }
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)

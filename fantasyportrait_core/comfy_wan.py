@@ -236,7 +236,10 @@ def _diffusion_model_wrapper(state: PortraitState):
 
 def _outer_sample_wrapper(state: PortraitState):
     def wrapper(executor, noise, latent_image, *args, **kwargs):
-        state.check_latent(latent_image.shape)
+        shape = latent_image.shape
+        if len(shape) != 5 and kwargs.get("latent_shapes"):  # newer releases pack several latents into one
+            shape = tuple(kwargs["latent_shapes"][0])
+        state.check_latent(shape)
         sampling = executor.class_obj.model_patcher.get_model_object("model_sampling")
         state.run = PortraitRun(state, float(sampling.percent_to_sigma(state.start_percent)),
                                 float(sampling.percent_to_sigma(state.end_percent)))

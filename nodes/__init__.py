@@ -4,7 +4,8 @@ Each ``nodes_<feature>.py`` module defines ``NODE_CLASS_MAPPINGS`` and
 ``NODE_DISPLAY_NAME_MAPPINGS``; they are merged here.
 """
 
-from . import nodes_fantasyportrait
+from . import nodes_fantasyportrait, nodes_motion
 
-NODE_CLASS_MAPPINGS = {**nodes_fantasyportrait.NODE_CLASS_MAPPINGS}
-NODE_DISPLAY_NAME_MAPPINGS = {**nodes_fantasyportrait.NODE_DISPLAY_NAME_MAPPINGS}
+NODE_CLASS_MAPPINGS = {**nodes_fantasyportrait.NODE_CLASS_MAPPINGS, **nodes_motion.NODE_CLASS_MAPPINGS}
+NODE_DISPLAY_NAME_MAPPINGS = {**nodes_fantasyportrait.NODE_DISPLAY_NAME_MAPPINGS,
+                              **nodes_motion.NODE_DISPLAY_NAME_MAPPINGS}

@@ -153,10 +153,10 @@ class FantasyPortraitExpressionExtractor:
     DESCRIPTION = "Runs the PD-FGC motion encoder on every aligned face: per person, 554 numbers per frame."
 
     def extract(self, face_models, tracks, fps):
-        t, frames = tracks["tracks"], tracks["frames"]
-        crops = aligned_crops(frames, t).reshape(-1, 224, 224, 3)
         from ..fantasyportrait_core.comfy_wan import load_managed, managed_module
 
+        t, frames = tracks["tracks"], tracks["frames"]
+        crops = aligned_crops(frames, t).reshape(-1, 224, 224, 3)
         device = getattr(face_models, "torch_device", torch.device("cpu"))
         encoder, device = load_managed(managed_module(face_models, "_comfy_motion", face_models.motion_encoder, device))
         feats = encode_crops(encoder, crops, device=device, progress=Progress(len(crops)))

@@ -122,4 +122,16 @@ for args, key in (((adapter, features, 0, 21, "trim", 1.0, 1.0, 1.0), "encode_sh
         result[key] = None
     except Exception as exc:  # noqa: BLE001
         result[key] = str(exc)
+# FantasyPortrait Motion Control: per-person, per-component edits with a preview IMAGE
+from fantasyportrait_pack.nodes.nodes_motion import FantasyPortraitMotionControl  # noqa: E402
+
+two = {"features": torch.randn(2, 9, 554, generator=g), "fps": 25.0, "tracks": None}
+widgets = {f"{c}_{k}": v for c in ("headpose", "eye", "emo", "mouth") for k, v in
+           (("mode", "follow"), ("amount", 1.0), ("smooth", 0.0))}
+same, _ = FantasyPortraitMotionControl().control(two, -1, 0, **widgets)
+edited, preview = FantasyPortraitMotionControl().control(two, 1, 0, **{**widgets, "headpose_mode": "freeze"})
+result["motion_default_identical"] = bool(torch.equal(same["features"], two["features"]))
+result["motion_person0_untouched"] = bool(torch.equal(edited["features"][0], two["features"][0]))
+result["motion_person1_head_frozen"] = bool((edited["features"][1, :, :6] == two["features"][1, :1, :6]).all())
+result["motion_preview"] = [list(preview.shape), float(preview.min()), float(preview.max())]
 print("RESULT " + json.dumps(result))

@@ -22,7 +22,8 @@ pytestmark = requires_comfyui
 
 NODES = ["FantasyPortraitApply", "FantasyPortraitEncode", "FantasyPortraitExpressionExtractor",
          "FantasyPortraitFaceModelLoader", "FantasyPortraitFaceTracker", "FantasyPortraitGuider",
-         "FantasyPortraitModelLoader", "FantasyPortraitMultiCombine", "FantasyPortraitSampler"]
+         "FantasyPortraitModelLoader", "FantasyPortraitMotionControl", "FantasyPortraitMultiCombine",
+         "FantasyPortraitSampler"]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,13 @@ def test_encode_node_fits_lengths_and_rates(host_result):
     assert "has 17 frames but 21 were asked for; set frame_fit to pad" in host_result["encode_short_error"]
     assert "Person 3 was asked for but the driving clip has 1 person(s)" in host_result["encode_person_error"]
     assert "num_frames must be 4k+1; use 17 or 21" in host_result["encode_count_error"]
+
+
+def test_motion_control_node(host_result):
+    assert host_result["motion_default_identical"]
+    assert host_result["motion_person0_untouched"] and host_result["motion_person1_head_frozen"]
+    shape, low, high = host_result["motion_preview"]  # an IMAGE: [1, H, W, 3] in 0..1, white background
+    assert shape == [1, 440, 640, 3] and 0.0 <= low < 0.3 and high == 1.0
 
 
 def test_block_patch_matches_the_released_formula(host_result):
