@@ -26,13 +26,18 @@ NODES = ["FantasyPortraitApply", "FantasyPortraitEncode", "FantasyPortraitExpres
          "FantasyPortraitSampler"]
 
 
-@pytest.fixture(scope="module")
-def host_result():
-    proc = subprocess.run([PYTHON, os.path.join(ROOT, "tests", "comfy_host_check.py"), COMFYUI_DIR, ROOT],
-                          capture_output=True, text=True, timeout=600)
+def _check(script, timeout=900):
+    """Run a host-check script in the real ComfyUI's Python; returns the JSON object it prints."""
+    proc = subprocess.run([PYTHON, os.path.join(ROOT, "tests", script), COMFYUI_DIR, ROOT],
+                          capture_output=True, text=True, timeout=timeout)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     return json.loads(lines[-1][len("RESULT "):])
+
+
+@pytest.fixture(scope="module")
+def host_result():
+    return _check("comfy_host_check.py")
 
 
 def test_portrait_off_is_exactly_the_stock_sampler(host_result):
@@ -74,11 +79,7 @@ def test_block_patch_matches_the_released_formula(host_result):
 
 @pytest.fixture(scope="module")
 def patch_result():
-    proc = subprocess.run([PYTHON, os.path.join(ROOT, "tests", "comfy_patch_check.py"), COMFYUI_DIR, ROOT],
-                          capture_output=True, text=True, timeout=900)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    return json.loads(lines[-1][len("RESULT "):])
+    return _check("comfy_patch_check.py")
 
 
 def test_applying_again_replaces_the_portrait(patch_result):

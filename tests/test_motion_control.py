@@ -16,36 +16,16 @@ from media import media_path, model_path
 COMPONENTS = list(FEATURE_SLICES)
 
 
-def he_motion_state(seed=0):
-    """Random PD-FGC weights with fan-in (He) scaling: every component's output moves with the face
-    (the small-scale weights of test_motion_encoder give a constant head pose)."""
-    from fantasyportrait_core.motion_encoder import MotionEncoder
-
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, value in MotionEncoder().state_dict().items():
-        if value.dtype == torch.long:
-            state[key] = value.clone()
-        elif "running_var" in key:
-            state[key] = torch.rand(value.shape, generator=g) + 0.5
-        elif "running_mean" in key or key.endswith("bias"):
-            state[key] = torch.zeros(value.shape)
-        elif value.ndim == 1:
-            state[key] = torch.ones(value.shape)
-        else:
-            state[key] = torch.randn(value.shape, generator=g) * (2.0 / value[0].numel()) ** 0.5
-    return state
-
-
 @pytest.fixture(scope="module")
 def motion():
     from fantasyportrait_core.extraction import FaceModels, extract_features
     from fantasyportrait_core.faces import FaceDetector, LandmarkModel
     from fantasyportrait_core.motion_encoder import motion_encoder_from_state_dict
     from fantasyportrait_core.video import read_video
+    from fantasyportrait_core_shim import motion_state
 
     models = FaceModels(FaceDetector(model_path("face_det.onnx")), LandmarkModel(model_path("face_landmark.onnx")),
-                        motion_encoder_from_state_dict(he_motion_state()))
+                        motion_encoder_from_state_dict(motion_state(he=True)))  # every component moves
     frames = read_video(media_path("jgz.mp4"), max_frames=33).frames
     feats = extract_features(frames, models).features
     assert feats.shape == (1, 33, 554)
