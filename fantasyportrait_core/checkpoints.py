@@ -61,11 +61,37 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"Model file not found: {path}")
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"{name} is empty (0 bytes): the download is incomplete. Download it again.")
+    _refuse_non_model_file(path)
     if path.lower().endswith(".safetensors"):
         state = _read_safetensors(path)
     else:
         state = _read_pickle(path)
     return _flatten(state, name)
+
+
+def _refuse_non_model_file(path: str) -> None:
+    """Name what a file is when it is clearly not a model: a Git LFS pointer, a web page, or bytes
+    that no torch or safetensors file starts with (an incomplete or failed download)."""
+    name = os.path.basename(path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    again = "Download it again (from the model's repository, with its download link or huggingface-cli)."
+    if head.startswith(b"version https://git-lfs"):
+        raise CheckpointError(f"{name} is a Git LFS pointer ({size} bytes), not the model file: the download fetched "
+                              f"the pointer instead of the file. {again}")
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"{\"error")):
+        raise CheckpointError(f"{name} is a web page or an error message ({size} bytes), not a model file: the "
+                              f"download saved a login or error page. {again}")
+    if path.lower().endswith(".safetensors"):
+        header = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+        if not 0 < header <= size - 8 or head[8:9] != b"{":
+            raise CheckpointError(f"{name} is not a safetensors file ({size} bytes; it does not start with a "
+                                  f"safetensors header): it is incomplete or not a model file. {again}")
+    elif not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise CheckpointError(f"{name} is not a model file ({size} bytes; it starts with {head[:12]!r}, which no "
+                              f"torch checkpoint does): it is incomplete or another kind of file. {again}")
 
 
 def _read_safetensors(path: str) -> dict:
@@ -81,17 +107,36 @@ def _read_safetensors(path: str) -> dict:
         ) from exc
 
 
+def _well_formed_pickle(path: str) -> bool:
+    """Whether a (non-zip) file parses as one pickle stream, without executing anything."""
+    import pickletools
+
+    if zipfile.is_zipfile(path):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            for _ in pickletools.genops(fh):
+                pass
+    except Exception:  # noqa: BLE001 - any parse failure means damaged data
+        return False
+    return True
+
+
 def _read_pickle(path: str) -> dict:
     name = os.path.basename(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
         detail = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line or "global" in line), "")
+        if not detail and not _well_formed_pickle(path):  # damaged data, not an unsafe pickle
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CheckpointError(
+                f"{name} could not be read as a torch checkpoint (damaged pickle data: {first}). It is incomplete "
+                "(an interrupted download) or not a model file; download it again.") from exc
         raise CheckpointError(
-            f"{name} refuses to load safely: it is a pickle that needs to execute code to be read "
-            "(or uses pickle features that safe loading does not allow), and this pack never executes "
-            "code from model files. Use the released file, or a .safetensors version of it."
-            + (f" ({detail})" if detail else "")
+            f"{name} refuses to load safely: it is a pickle that needs to execute code to be read (or uses pickle "
+            "features that safe loading does not allow), and this pack never executes code from model files. Use "
+            "the released file." + (f" ({detail})" if detail else "")
         ) from exc
     except Exception as exc:  # truncated zip, garbage bytes, ... : torch raises many types here
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

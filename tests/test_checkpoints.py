@@ -126,8 +126,11 @@ def test_truncated_files_are_reported(tmp_path, tiny_adapter_state, fmt):
 
 def test_empty_absent_and_garbage_files(tmp_path):
     (tmp_path / "notes.ckpt").write_text("hello world")
-    with pytest.raises(CheckpointError, match="could not be read as a torch checkpoint"):
+    with pytest.raises(CheckpointError, match=r"notes.ckpt is not a model file \(11 bytes; it starts with b'hello"):
         load_adapter(tmp_path / "notes.ckpt")
+    (tmp_path / "odd.ckpt").write_bytes(b"\x80\x02garbage")  # starts like a pickle, is not one
+    with pytest.raises(CheckpointError, match="could not be read as a torch checkpoint"):
+        load_adapter(tmp_path / "odd.ckpt")
     (tmp_path / "empty.ckpt").write_bytes(b"")
     with pytest.raises(CheckpointError, match="empty"):
         load_adapter(tmp_path / "empty.ckpt")
@@ -156,3 +159,26 @@ def test_pickle_that_needs_code_execution_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="needs to execute code"):
         load_adapter(tmp_path / "evil_legacy.pth")
     assert not os.path.exists(marker)
+
+
+LFS_POINTER = (b"version https://git-lfs.github.com/spec/v1\noid sha256:4d7a2144f1fd6b3d\nsize 1234567890\n")
+HTML_PAGE = b"\n<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>Please log in</body></html>"
+
+
+@pytest.mark.parametrize("name", ["fantasyportrait_model.ckpt", "pd_fpg.pth", "Wan2_1_FantasyPortrait_fp16.safetensors"])
+@pytest.mark.parametrize("content, said", [
+    (LFS_POINTER, "is a Git LFS pointer"),
+    (HTML_PAGE, "is a web page or an error message"),
+    (bytes(range(256)) * 8, "not a"),
+])
+def test_downloads_that_are_not_model_files_are_named(tmp_path, name, content, said):
+    from fantasyportrait_core.motion_encoder import load_motion_encoder
+
+    path = tmp_path / name
+    path.write_bytes(content)
+    for load in (load_adapter, load_motion_encoder):
+        with pytest.raises(CheckpointError) as info:
+            load(str(path))
+        message = str(info.value)
+        assert message.startswith(name) and said in message and "Download it again" in message
+        assert "execute code" not in message and "safetensors version" not in message
