@@ -262,3 +262,28 @@ def keep_persons(tracks: FaceTracks, count: int) -> FaceTracks:
         return tracks
     best = sorted(np.argsort(-tracks.valid.sum(1), kind="stable")[:count].tolist())
     return tracks.select(best)
+
+
+def largest_person(tracks: FaceTracks) -> tuple[int, list[str]]:
+    """The person the released single-person rule drives with: the largest face (landmark-box area).
+
+    Per frame the largest found face is looked up; the person who is largest in most frames is chosen
+    (a tie goes to the larger mean area). Returns that person and notes on ties and on frames where
+    another person's face is larger (a switch the released per-frame rule would have made)."""
+    area = (tracks.boxes[..., 2] - tracks.boxes[..., 0]) * (tracks.boxes[..., 3] - tracks.boxes[..., 1])
+    area = np.where(tracks.valid, area, -1.0)  # [P, F]
+    seen = tracks.valid.any(0)
+    per_frame = area.argmax(0)[seen]
+    counts = np.bincount(per_frame, minlength=tracks.num_persons)
+    mean_area = np.where(tracks.valid, area, 0).sum(1) / np.maximum(tracks.valid.sum(1), 1)
+    leaders = np.flatnonzero(counts == counts.max())
+    chosen = int(leaders[np.argmax(mean_area[leaders])])
+    notes = []
+    if len(leaders) > 1:
+        notes.append(f"persons {', '.join(map(str, leaders.tolist()))} have the largest face in equally many frames; "
+                     f"person {chosen} (larger on average) drives")
+    others = np.flatnonzero(seen)[per_frame != chosen]
+    if len(others):
+        notes.append(f"the largest face is another person's in {len(others)} of {int(seen.sum())} frames "
+                     f"({_ranges(others)}); person {chosen} drives throughout (the released rule would switch there)")
+    return chosen, notes

@@ -24,7 +24,7 @@ from ..fantasyportrait_core.extraction import (FaceModels, aligned_crops, draw_p
                                                frames_to_uint8)
 from ..fantasyportrait_core.faces import FaceDetector, LandmarkModel
 from ..fantasyportrait_core.motion_encoder import load_motion_encoder
-from ..fantasyportrait_core.tracking import keep_persons, track_faces
+from ..fantasyportrait_core.tracking import keep_persons, largest_person, track_faces
 from ..fantasyportrait_core.windows import fit_frame_count, frame_count_of_latent, nearest_valid_frame_counts
 from .common import CATEGORY, FOLDER, Progress, adapter_files, adapter_path, register_model_folder
 
@@ -169,8 +169,9 @@ class FantasyPortraitEncode:
         return {"required": {
             "adapter": ("FANTASYPORTRAIT_MODEL", {"tooltip": "From FantasyPortrait Model Loader."}),
             "features": ("FANTASYPORTRAIT_FEATURES", {"tooltip": "From FantasyPortrait Expression Extractor."}),
-            "person": ("INT", {"default": 0, "min": 0, "max": 15, "tooltip": "Which tracked person drives the "
-                               "portrait (0 = leftmost)."}),
+            "person": ("INT", {"default": -1, "min": -1, "max": 15, "tooltip": "Which tracked person drives the "
+                               "portrait: -1 = the largest face (the released rule; switches and ties are logged), "
+                               "or a person number (0 = leftmost)."}),
             "num_frames": ("INT", {"default": 0, "min": 0, "max": 4097, "step": 1, "tooltip": "Output length in "
                                    "frames (4k+1, as in WanImageToVideo's length). 0 = from the driving clip."}),
             "frame_fit": (["trim", "pad"], {"default": "trim", "tooltip": "When the clip is not 4k+1 frames long (or "
@@ -200,11 +201,19 @@ class FantasyPortraitEncode:
 
         require_finite(proj_scale=proj_scale, mouth_scale=mouth_scale, emo_scale=emo_scale, fps=fps)
         feats = features["features"]
+        tracks = features.get("tracks")
+        if person < 0:
+            person, notes = largest_person(tracks) if tracks is not None else (0, [])
+            if tracks is None and feats.shape[0] > 1:
+                raise FantasyPortraitError("These features carry no face tracks, so the largest face is unknown: set "
+                                           "person to a number.")
+            log.info("FantasyPortrait: person %d (the largest face) drives the portrait", person)
+            for note in notes:
+                log.warning("FantasyPortrait: %s", note)
         if person >= feats.shape[0]:
             raise FantasyPortraitError(f"Person {person} was asked for but the driving clip has {feats.shape[0]} "
                                        f"person(s) (numbered from 0, left to right).")
         feats = feats[person:person + 1]
-        tracks = features.get("tracks")
         boxes = tracks.boxes[person] if tracks is not None else None
         rate = features.get("fps")
         if fps and rate and abs(fps - rate) > 1e-3:

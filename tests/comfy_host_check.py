@@ -122,6 +122,14 @@ for args, key in (((adapter, features, 0, 21, "trim", 1.0, 1.0, 1.0), "encode_sh
         result[key] = None
     except Exception as exc:  # noqa: BLE001
         result[key] = str(exc)
+# person -1: the largest face drives (person 1 here)
+boxes2 = np.stack([np.tile(np.array(box, np.float32), (17, 1)) for box in ([0, 0, 20, 20], [30, 0, 70, 40])])
+tracks2 = FaceTracks(boxes2, np.zeros((2, 17, 222, 2), np.float32), np.ones((2, 17), bool), (64, 96))
+features2 = {"features": torch.randn(2, 17, 554, generator=g), "fps": 25.0, "tracks": tracks2}
+largest = encode(adapter, features2, -1, 0, "trim", 1.0, 1.0, 1.0)[0]
+second = encode(adapter, features2, 1, 0, "trim", 1.0, 1.0, 1.0)[0]
+result["encode_largest_is_person_1"] = bool(torch.equal(largest["embeds"].windows, second["embeds"].windows))
+
 # FantasyPortrait Motion Control: per-person, per-component edits with a preview IMAGE
 from fantasyportrait_pack.nodes.nodes_motion import FantasyPortraitMotionControl  # noqa: E402
 

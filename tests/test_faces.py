@@ -200,3 +200,20 @@ def test_insightface_backend_loads_a_local_scrfd_folder(tmp_path):
     assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, [0, 2]] <= 320).all() and (boxes[:, [1, 3]] <= 240).all()
     with pytest.raises(FantasyPortraitError, match="No insightface model found"):
         InsightFaceDetector(str(tmp_path))
+
+
+def test_largest_face_drives_like_the_released_rule(two_person, jgz):
+    """The released single-person pipeline drives with the largest face of each frame; the pack picks the
+    person who is largest in most frames and reports the frames where someone else is larger."""
+    from fantasyportrait_core.tracking import largest_person
+
+    _, tracks = two_person
+    area = (tracks.boxes[..., 2] - tracks.boxes[..., 0]) * (tracks.boxes[..., 3] - tracks.boxes[..., 1])
+    assert area.mean(1)[0] > 1.3 * area.mean(1)[1]  # the left speaker's face is the larger one
+    person, notes = largest_person(tracks)
+    assert person == 0
+    # frames 0-1: the left face was missed (the released rule takes the right one there); 29-32: the right face is larger
+    assert notes == ["the largest face is another person's in 6 of 146 frames (frames 0-1, 29-32); person 0 drives "
+                     "throughout (the released rule would switch there)"]
+    assert largest_person(tracks.select([1, 0]))[0] == 1  # follows the face, not the position
+    assert largest_person(jgz[1]) == (0, [])

@@ -141,7 +141,7 @@ LOADERS = [
 
 
 def encode(node_id, features, person):
-    return (node_id, "FantasyPortraitEncode", f"Encode person {person + 1}" if person else None,
+    return (node_id, "FantasyPortraitEncode", f"Encode person {person + 1}" if person > 0 else None,
             {"adapter": (16, 0), "features": features, "person": person, "num_frames": 0, "frame_fit": "trim",
              "proj_scale": 1.0, "mouth_scale": 1.0, "emo_scale": 1.0, "fps": 0.0})
 
@@ -149,7 +149,7 @@ def encode(node_id, features, person):
 def single_portrait():
     """One portrait, one driving video: the released single-person setting."""
     return sorted(common((17, 0), (17, 1), (11, 2), (11, 1)) + LOADERS + driver(10, 13, 15, 0)
-                  + [encode(17, (15, 0), 0)], key=lambda n: n[0])
+                  + [encode(17, (15, 0), -1)], key=lambda n: n[0])  # -1: the largest face drives (released)
 
 
 MULTI_PROMPT = "two people talking to each other, natural expressions, high quality"
