@@ -30,6 +30,7 @@ from .common import CATEGORY, FOLDER, Progress, adapter_files, adapter_path, reg
 
 log = logging.getLogger("FantasyPortrait")
 register_model_folder()
+DEFAULT_FPS = 25.0  # the released frame rate, for motion whose rate is unknown
 
 
 def _to_image(arr: np.ndarray) -> torch.Tensor:
@@ -189,8 +190,11 @@ class FantasyPortraitEncode:
                               "several drivers one rate (the released code uses 25). 0 keeps the clip's rate."}),
         }}
 
-    RETURN_TYPES = ("FANTASYPORTRAIT_EMBEDS", "INT")
-    RETURN_NAMES = ("portrait_embeds", "num_frames")
+    RETURN_TYPES = ("FANTASYPORTRAIT_EMBEDS", "INT", "FLOAT")
+    RETURN_NAMES = ("portrait_embeds", "num_frames", "fps")
+    OUTPUT_TOOLTIPS = ("Tokens and windows for the patched Wan model.", "Output length in frames (for "
+                       "WanImageToVideo's length).", "Frame rate of the driving motion after any resampling: "
+                       "connect it to Create Video's fps so the video plays at the motion's speed.")
     FUNCTION = "encode"
     CATEGORY = CATEGORY
     DESCRIPTION = "Turns expression features into per-latent-frame token windows for the patched Wan model."
@@ -252,7 +256,8 @@ class FantasyPortraitEncode:
             boxes = boxes[:embeds.num_frames]
             if len(boxes) < embeds.num_frames:
                 boxes = np.concatenate([boxes, np.repeat(boxes[-1:], embeds.num_frames - len(boxes), 0)])
-        return ({"embeds": embeds, "mask": None, "fps": rate, "driver_boxes": boxes}, embeds.num_frames)
+        return ({"embeds": embeds, "mask": None, "fps": rate, "driver_boxes": boxes}, embeds.num_frames,
+                float(rate or DEFAULT_FPS))
 
 
 def _patch(model, adapter, portrait_embeds, strength, start_percent, end_percent):
@@ -391,8 +396,11 @@ class FantasyPortraitMultiCombine:
                                      "'1.0,0.7' (one number applies to all). Empty: 1 for everyone."}),
         }, "optional": {"embeds_3": embeds, "embeds_4": embeds}}
 
-    RETURN_TYPES = ("FANTASYPORTRAIT_EMBEDS", "INT", "IMAGE")
-    RETURN_NAMES = ("portrait_embeds", "num_frames", "regions_preview")
+    RETURN_TYPES = ("FANTASYPORTRAIT_EMBEDS", "INT", "IMAGE", "FLOAT")
+    RETURN_NAMES = ("portrait_embeds", "num_frames", "regions_preview", "fps")
+    OUTPUT_TOOLTIPS = ("Tokens, windows and mask of every person.", "Output length in frames.",
+                       "Each person's region tinted and numbered.", "Frame rate of the first driver's motion: "
+                       "connect it to Create Video's fps.")
     FUNCTION = "combine"
     CATEGORY = CATEGORY
     DESCRIPTION = ("Several people in one portrait, each driven by their own driver: regions from the faces and the "
@@ -436,7 +444,7 @@ class FantasyPortraitMultiCombine:
         preview = draw_regions(frames_to_uint8(resized)[0], out["regions"], faces)
         result = {"embeds": embeds, "mask": out["mask"], "query_scale": out["query_scale"], "size": (width, height),
                   "fps": drivers[0].get("fps"), "driver_boxes": None}
-        return (result, embeds.num_frames, _to_image(preview[None]))
+        return (result, embeds.num_frames, _to_image(preview[None]), float(drivers[0].get("fps") or DEFAULT_FPS))
 
 
 NODE_CLASS_MAPPINGS = {

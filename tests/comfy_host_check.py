@@ -110,9 +110,10 @@ tracks = FaceTracks(np.tile(np.array([10, 10, 50, 50], np.float32), (1, 17, 1)),
                     np.ones((1, 17), bool), (64, 64))
 features = {"features": torch.randn(1, 17, 554, generator=g), "fps": 30.0, "tracks": tracks}
 encode = fp.FantasyPortraitEncode().encode
-emb, n = encode(adapter, features, 0, 0, "trim", 1.0, 1.0, 1.0, fps=15.0)
-result["encode_resampled_frames"] = [n, emb["fps"], list(emb["driver_boxes"].shape)]
-emb, n = encode(adapter, features, 0, 21, "pad", 1.0, 1.0, 1.0)
+emb, n, rate = encode(adapter, features, 0, 0, "trim", 1.0, 1.0, 1.0, fps=15.0)
+result["encode_resampled_frames"] = [n, emb["fps"], list(emb["driver_boxes"].shape), rate]
+emb, n, rate = encode(adapter, features, 0, 21, "pad", 1.0, 1.0, 1.0)
+result["encode_source_fps"] = rate
 result["encode_padded_frames"] = n
 for args, key in (((adapter, features, 0, 21, "trim", 1.0, 1.0, 1.0), "encode_short_error"),
                   ((adapter, features, 3, 0, "trim", 1.0, 1.0, 1.0), "encode_person_error"),

@@ -56,7 +56,8 @@ def test_portrait_on_changes_the_result(host_result):
 
 def test_encode_node_fits_lengths_and_rates(host_result):
     # 17 frames at 30 fps -> 8 frames at 15 fps -> trimmed to 5 (4k+1)
-    assert host_result["encode_resampled_frames"] == [5, 15.0, [5, 4]]
+    assert host_result["encode_resampled_frames"] == [5, 15.0, [5, 4], 15.0]  # the fps output follows the motion
+    assert host_result["encode_source_fps"] == 30.0
     assert host_result["encode_padded_frames"] == 21
     assert "has 17 frames but 21 were asked for; set frame_fit to pad" in host_result["encode_short_error"]
     assert "Person 3 was asked for but the driving clip has 1 person(s)" in host_result["encode_person_error"]
@@ -311,6 +312,21 @@ def test_single_portrait_workflow_end_to_end(server):
     assert frames == 9
 
 
+def test_resampled_motion_sets_the_video_fps(server):
+    """Encode resamples jgz.mp4's 15 fps motion to 10 fps: the saved video plays at 10 fps (9 frames, 0.9 s)."""
+    out = server["tmp"] / "ten_fps.mp4"
+    proc = run_cli(server, tiny_workflow(server["tmp"], set=[("17", "fps", 10.0)]), out)
+    assert proc.returncode == 0, proc.stderr[-3000:] + server["log"].read_text()[-3000:]
+    import av
+
+    with av.open(str(out)) as container:
+        video = container.streams.video[0]
+        assert float(video.average_rate) == pytest.approx(10.0)
+        frames = sum(1 for _ in container.decode(video))
+        duration = float(video.duration * video.time_base) if video.duration else frames / 10.0
+    assert frames == 9 and duration == pytest.approx(0.9, abs=0.05)
+
+
 def test_failed_run_reports_the_node_error(server):
     out = server["tmp"] / "never.mp4"
     proc = run_cli(server, tiny_workflow(server["tmp"], set=[("16", "model_name", "missing.ckpt")]), out)
@@ -362,3 +378,4 @@ def test_two_person_workflow_end_to_end(server):
     assert proc.returncode == 0, proc.stderr[-3000:] + server["log"].read_text()[-3000:]
     video = read_video(str(out))
     assert video.frames.shape == (9, 64, 96, 3)
+    assert video.fps == pytest.approx(23.0)  # the drivers' motion rate reaches Create Video

@@ -94,5 +94,16 @@ def test_single_workflow_uses_released_settings_and_driving_fps():
     assert by_type["ModelSamplingSD3"]["inputs"]["shift"] == 5.0
     video = by_type["CreateVideo"]["inputs"]
     components = [k for k, n in wf.items() if n["class_type"] == "GetVideoComponents"][0]
-    assert video["fps"] == [components, 2] and video["audio"] == [components, 1]
+    encode = [k for k, n in wf.items() if n["class_type"] == "FantasyPortraitEncode"][0]
+    assert wf[encode]["inputs"]["person"] == -1  # the largest face drives (released rule)
+    assert video["fps"] == [encode, 2] and video["audio"] == [components, 1]  # the motion's fps, the clip's audio
     assert by_type["WanImageToVideo"]["inputs"]["length"][1] == 1  # from FantasyPortrait Encode's num_frames
+
+
+def test_multi_workflows_take_the_fps_of_the_motion():
+    for name in ("fantasyportrait_two_from_one_video", "fantasyportrait_people_from_videos"):
+        with open(os.path.join(WF, "api", f"{name}_api.json")) as fh:
+            wf = json.load(fh)
+        combine = [k for k, n in wf.items() if n["class_type"] == "FantasyPortraitMultiCombine"][0]
+        video = [n for n in wf.values() if n["class_type"] == "CreateVideo"][0]["inputs"]
+        assert video["fps"] == [combine, 3], name

@@ -53,7 +53,7 @@ NODE_DEFS = {
                                ("person", "INT", True), ("num_frames", "INT", True), ("frame_fit", "COMBO", True),
                                ("proj_scale", "FLOAT", True), ("mouth_scale", "FLOAT", True),
                                ("emo_scale", "FLOAT", True), ("fps", "FLOAT", True)],
-                              [("portrait_embeds", "FANTASYPORTRAIT_EMBEDS"), ("num_frames", "INT")]),
+                              [("portrait_embeds", "FANTASYPORTRAIT_EMBEDS"), ("num_frames", "INT"), ("fps", "FLOAT")]),
     "FantasyPortraitSampler": ([("model", "MODEL", False), ("adapter", "FANTASYPORTRAIT_MODEL", False),
                                 ("portrait_embeds", "FANTASYPORTRAIT_EMBEDS", False), ("portrait_strength", "FLOAT", True),
                                 ("start_percent", "FLOAT", True), ("end_percent", "FLOAT", True),
@@ -70,7 +70,7 @@ NODE_DEFS = {
                                      ("embeds_3", "FANTASYPORTRAIT_EMBEDS", False),
                                      ("embeds_4", "FANTASYPORTRAIT_EMBEDS", False)],
                                     [("portrait_embeds", "FANTASYPORTRAIT_EMBEDS"), ("num_frames", "INT"),
-                                     ("regions_preview", "IMAGE")]),
+                                     ("regions_preview", "IMAGE"), ("fps", "FLOAT")]),
     "PreviewImage": ([("images", "IMAGE", False)], []),
 }
 # inputs that may stay unconnected
@@ -112,7 +112,7 @@ def common(portrait_embeds, num_frames, fps, audio, width=512, height=512,
                                               "seed": 42, "steps": 30, "cfg": 1.0, "portrait_cfg": 4.0,
                                               "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}),
         (20, "VAEDecode", None, {"samples": (19, 0), "vae": (9, 0)}),
-        (21, "CreateVideo", "Video at the driving fps, with its audio", {"images": (20, 0), "fps": fps,
+        (21, "CreateVideo", "Video at the motion's fps, with the driving audio", {"images": (20, 0), "fps": fps,
                                                                          "audio": audio}),
         (22, "SaveVideo", None, {"video": (21, 0), "filename_prefix": "video/FantasyPortrait", "format": "auto",
                                  "codec": "auto"}),
@@ -148,7 +148,7 @@ def encode(node_id, features, person):
 
 def single_portrait():
     """One portrait, one driving video: the released single-person setting."""
-    return sorted(common((17, 0), (17, 1), (11, 2), (11, 1)) + LOADERS + driver(10, 13, 15, 0)
+    return sorted(common((17, 0), (17, 1), (17, 2), (11, 1)) + LOADERS + driver(10, 13, 15, 0)
                   + [encode(17, (15, 0), -1)], key=lambda n: n[0])  # -1: the largest face drives (released)
 
 
@@ -165,7 +165,7 @@ def combine_node(embeds, width, height):
 
 def two_from_one_video():
     """Two people in the portrait, driven by the two people of one driving video (left to right)."""
-    return sorted(common((30, 0), (30, 1), (11, 2), (11, 1), 832, 480, MULTI_PROMPT) + LOADERS + driver(10, 13, 15, 2)
+    return sorted(common((30, 0), (30, 1), (30, 3), (11, 1), 832, 480, MULTI_PROMPT) + LOADERS + driver(10, 13, 15, 2)
                   + [encode(17, (15, 0), 0), encode(23, (15, 0), 1)] + combine_node([(17, 0), (23, 0)], 832, 480),
                   key=lambda n: n[0])
 
@@ -174,7 +174,7 @@ def people_from_videos():
     """N people in the portrait, one driving video each (here N = 2; add drivers and connect embeds_3/4 for
     more). Audio and fps come from the first video."""
     second = driver(40, 42, 44, 1, "Driving video 2")
-    return sorted(common((30, 0), (30, 1), (11, 2), (11, 1), 832, 480, MULTI_PROMPT) + LOADERS + driver(10, 13, 15, 1)
+    return sorted(common((30, 0), (30, 1), (30, 3), (11, 1), 832, 480, MULTI_PROMPT) + LOADERS + driver(10, 13, 15, 1)
                   + second + [encode(17, (15, 0), 0), encode(23, (44, 0), 0)]
                   + combine_node([(17, 0), (23, 0)], 832, 480), key=lambda n: n[0])
 
