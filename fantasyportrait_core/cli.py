@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="driving video; repeat for workflows with several LoadVideo nodes")
     run.add_argument("--out", required=True, metavar="OUT.mp4", help="where to write the resulting video")
     run.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds (default: wait)")
+    run.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                     help="override a workflow input before queueing (repeatable); NODE is a node id or title, "
+                          "e.g. --set 19.seed=7 --set 1.unet_name=wan2.1_i2v_720p_14B_fp8_e4m3fn.safetensors")
     run.set_defaults(func=_cmd_run)
     return parser
 
@@ -135,7 +138,7 @@ def _cmd_run(args) -> int:
     from .runner import RunError, run
 
     try:
-        out = run(args.server, args.workflow, args.image, args.video, args.out, timeout=args.timeout)
+        out = run(args.server, args.workflow, args.image, args.video, args.out, timeout=args.timeout, sets=args.set)
     except RunError as exc:
         print(f"fantasyportrait run: failed: {exc}", file=sys.stderr)
         return 1

@@ -177,6 +177,81 @@ def fill_inputs(workflow: dict, image: str | None, videos: list[str]) -> dict:
     return wf
 
 
+def apply_overrides(workflow: dict, sets: list[str]) -> dict:
+    """``NODE.INPUT=VALUE`` overrides: NODE is a node id, a node title or a class type that occurs once;
+    VALUE is read as JSON when it parses (numbers, true/false, lists), else as text."""
+    wf = json.loads(json.dumps(workflow))
+    for item in sets or []:
+        target, equals, raw = item.partition("=")
+        node_ref, dot, name = target.strip().rpartition(".")
+        if not equals or not dot or not node_ref or not name:
+            raise FantasyPortraitError(f"--set {item!r}: write NODE.INPUT=VALUE, NODE being a node id or title "
+                                       "(e.g. 19.seed=7 or \"FantasyPortrait Sampler.portrait_cfg=3.5\").")
+        ids = ([node_ref] if node_ref in wf else
+               [k for k, n in wf.items() if n.get("_meta", {}).get("title") == node_ref]
+               or [k for k, n in wf.items() if n.get("class_type") == node_ref])
+        if not ids:
+            known = ", ".join(f"{k} ({n.get('_meta', {}).get('title') or n['class_type']})"
+                              for k, n in sorted(wf.items(), key=lambda kv: (len(kv[0]), kv[0])))
+            raise FantasyPortraitError(f"--set {item!r}: the workflow has no node {node_ref!r}. Its nodes: {known}.")
+        if len(ids) > 1:
+            raise FantasyPortraitError(f"--set {item!r}: {len(ids)} nodes are called {node_ref!r} "
+                                       f"(ids {', '.join(sorted(ids))}); use the node id.")
+        node = wf[ids[0]]
+        if name not in node["inputs"]:
+            raise FantasyPortraitError(f"--set {item!r}: node {ids[0]} ({node['class_type']}) has no input {name!r}; "
+                                       f"its inputs: {', '.join(sorted(node['inputs']))}.")
+        if isinstance(node["inputs"][name], list):
+            raise FantasyPortraitError(f"--set {item!r}: {node['class_type']}.{name} is connected to another node, "
+                                       "not a value.")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        node["inputs"][name] = value
+    return wf
+
+
+#: model-file inputs and the ComfyUI models/ folder each belongs in
+MODEL_FOLDERS = {"unet_name": "diffusion_models", "vae_name": "vae", "lora_name": "loras", "clip_name": "text_encoders",
+                 "ckpt_name": "checkpoints", "model_name": "fantasyportrait", "detector": "fantasyportrait",
+                 "landmarks": "fantasyportrait", "motion_encoder": "fantasyportrait"}
+MODEL_FOLDERS_BY_NODE = {("CLIPVisionLoader", "clip_name"): "clip_vision"}
+
+
+def _choices(spec):
+    """The allowed values of a combo input in /object_info (V1 ``[[...], {...}]`` or V3 ``["COMBO", {options}]``)."""
+    if isinstance(spec, list) and spec:
+        if isinstance(spec[0], list):
+            return spec[0]
+        if spec[0] == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
+            return spec[1].get("options")
+    return None
+
+
+def check_workflow(workflow: dict, object_info: dict) -> None:
+    """Before queueing: every node type exists on the server and every model file the workflow names is
+    in the server's lists; otherwise a :class:`RunError` that says what is missing and where it goes."""
+    unknown = sorted({n["class_type"] for n in workflow.values() if n["class_type"] not in object_info})
+    if unknown:
+        raise RunError(f"The server has no node type(s) {', '.join(unknown)}: install the custom node pack(s) that "
+                       "provide them into ComfyUI/custom_nodes/ (the FantasyPortrait nodes come from this pack) and "
+                       "restart ComfyUI.")
+    missing = []
+    for node_id, node in sorted(workflow.items(), key=lambda kv: (len(kv[0]), kv[0])):
+        ctype = node["class_type"]
+        spec = object_info[ctype].get("input", {})
+        specs = {**spec.get("required", {}), **spec.get("optional", {})}
+        for name, value in node["inputs"].items():
+            folder = MODEL_FOLDERS_BY_NODE.get((ctype, name)) or MODEL_FOLDERS.get(name)
+            choices = _choices(specs.get(name))
+            if folder and isinstance(value, str) and choices is not None and value not in choices:
+                missing.append(f"{value} (node {node_id}, {ctype}.{name}): put it in ComfyUI/models/{folder}/")
+    if missing:
+        raise RunError("Model file(s) missing on the server:\n  " + "\n  ".join(missing)
+                       + "\nThen restart ComfyUI (or press 'r' in its window to refresh the model lists).")
+
+
 def load_workflow(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as fh:
@@ -265,10 +340,12 @@ def saved_files(entry: dict) -> list[dict]:
 
 
 def run(server: str, workflow_path: str, image: str | None, videos: list[str], out: str,
-        progress: Callable[[str], None] | None = None, timeout: float | None = None) -> str:
+        progress: Callable[[str], None] | None = None, timeout: float | None = None,
+        sets: list[str] | None = None) -> str:
     progress = progress or (lambda s: print(s, file=sys.stderr))
     client = ComfyClient(server)
-    wf = load_workflow(workflow_path)
+    wf = apply_overrides(load_workflow(workflow_path), sets)
+    check_workflow(wf, client.get_json("/object_info"))
     image_name = client.upload(image) if image else None
     video_names = [client.upload(v) for v in videos]
     progress(f"uploaded {1 if image else 0} image and {len(video_names)} video(s)")

@@ -1,6 +1,7 @@
 """``fantasyportrait run`` protocol handling against a small local fake of ComfyUI's HTTP API."""
 
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -15,6 +16,17 @@ WORKFLOW = {
     "2": {"class_type": "LoadVideo", "inputs": {"file": "a.mp4"}},
     "10": {"class_type": "LoadVideo", "inputs": {"file": "b.mp4"}},
     "3": {"class_type": "SaveVideo", "inputs": {"video": ["2", 0]}},
+}
+
+
+OBJECT_INFO = {
+    "LoadImage": {"input": {"required": {"image": [["x.png"], {"image_upload": True}]}}},
+    "LoadVideo": {"input": {"required": {"file": [["a.mp4"], {"video_upload": True}]}}},
+    "SaveVideo": {"input": {"required": {"video": ["VIDEO", {}]}}},
+    "UNETLoader": {"input": {"required": {"unet_name": [["wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors"], {}],
+                                          "weight_dtype": [["default", "fp8_e4m3fn"], {}]}}},
+    "CLIPVisionLoader": {"input": {"required": {"clip_name": ["COMBO", {"options": ["clip_vision_h.safetensors"]}]}}},
+    "KSampler": {"input": {"required": {"seed": ["INT", {}], "model": ["MODEL", {}]}}},
 }
 
 
@@ -54,6 +66,8 @@ class FakeComfy(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path.startswith("/ws"):
             return self._json(404, {})  # no websocket here: the runner polls
+        if self.path == "/object_info":
+            return self._json(200, OBJECT_INFO)
         if self.path == "/history/p1":
             FakeComfy.polls += 1
             if FakeComfy.polls < 3:
@@ -141,3 +155,49 @@ def test_unreachable_server_and_bad_inputs(tmp_path, capsys):
         load_workflow(str(ui))
     with pytest.raises(FantasyPortraitError, match="3 driving videos were given but the workflow has 2"):
         fill_inputs(WORKFLOW, "a.png", ["1", "2", "3"])
+
+
+MODELS_WORKFLOW = {
+    **WORKFLOW,
+    "5": {"class_type": "UNETLoader", "inputs": {"unet_name": "wan2.1_i2v_480p_14B_bf16.safetensors",
+                                                 "weight_dtype": "default"}, "_meta": {"title": "Load Wan"}},
+    "6": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "clip_vision_h.safetensors"}},
+    "7": {"class_type": "KSampler", "inputs": {"seed": 1, "model": ["5", 0]}, "_meta": {"title": "Sampler"}},
+}
+
+
+def test_missing_model_files_are_named_with_their_folder_before_queueing(fake, capsys):
+    url, tmp, wf = fake
+    wf.write_text(json.dumps(MODELS_WORKFLOW))
+    assert main(args(url, tmp, wf, "drive1.mp4")) == 1
+    err = capsys.readouterr().err
+    assert ("wan2.1_i2v_480p_14B_bf16.safetensors (node 5, UNETLoader.unet_name): put it in "
+            "ComfyUI/models/diffusion_models/") in err
+    assert "clip_vision_h" not in err  # present on the server (a V3 combo)
+    assert FakeComfy.prompts == [] and FakeComfy.uploads == []  # nothing was uploaded or queued
+    # with --set naming a file the server has, it runs
+    assert main(args(url, tmp, wf, "drive1.mp4") + ["--set", "Load Wan.unet_name=wan2.1_i2v_480p_14B_fp8_e4m3fn"
+                                                    ".safetensors", "--set", "7.seed=12345"]) == 0
+    sent = FakeComfy.prompts[-1]["prompt"]
+    assert sent["5"]["inputs"]["unet_name"] == "wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors"
+    assert sent["7"]["inputs"]["seed"] == 12345  # JSON values keep their type
+
+
+def test_unknown_node_types_are_reported(fake, capsys):
+    url, tmp, wf = fake
+    wf.write_text(json.dumps({**WORKFLOW, "9": {"class_type": "FantasyPortraitSampler", "inputs": {}}}))
+    assert main(args(url, tmp, wf)) == 1
+    assert "The server has no node type(s) FantasyPortraitSampler" in capsys.readouterr().err
+
+
+def test_set_errors_name_what_is_wrong():
+    from fantasyportrait_core.runner import apply_overrides
+
+    wf = MODELS_WORKFLOW
+    assert apply_overrides(wf, ["KSampler.seed=3", "6.clip_name=other"])["6"]["inputs"]["clip_name"] == "other"
+    for item, said in (("seed=3", "write NODE.INPUT=VALUE"), ("99.seed=3", "the workflow has no node '99'"),
+                       ("7.steps=3", "node 7 (KSampler) has no input 'steps'; its inputs: model, seed"),
+                       ("7.model=3", "KSampler.model is connected to another node"),
+                       ("LoadVideo.file=x.mp4", "2 nodes are called 'LoadVideo' (ids 10, 2)")):
+        with pytest.raises(FantasyPortraitError, match=re.escape(said)):
+            apply_overrides(wf, [item])
