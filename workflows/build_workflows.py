@@ -93,7 +93,7 @@ def common(portrait_embeds, num_frames, fps, audio, width=512, height=512,
     workflow shares. Node ids 1-9 and 18-22; the portrait chain supplies the rest."""
     return [
         (1, "UNETLoader", "Load Diffusion Model (Wan 2.1 I2V 14B)",
-         {"unet_name": "wan2.1_i2v_480p_14B_bf16.safetensors", "weight_dtype": "default"}),
+         {"unet_name": "wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors", "weight_dtype": "default"}),
         (2, "ModelSamplingSD3", "Shift 5 (released)", {"model": (1, 0), "shift": 5.0}),
         (3, "CLIPLoader", None, {"clip_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "type": "wan",
                                  "device": "default"}),
