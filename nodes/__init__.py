@@ -4,8 +4,8 @@ Each ``nodes_<feature>.py`` module defines ``NODE_CLASS_MAPPINGS`` and
 ``NODE_DISPLAY_NAME_MAPPINGS``; they are merged here.
 """
 
-from . import nodes_fantasyportrait, nodes_motion
+from . import nodes_fantasyportrait, nodes_motion, nodes_size
 
-NODE_CLASS_MAPPINGS = {**nodes_fantasyportrait.NODE_CLASS_MAPPINGS, **nodes_motion.NODE_CLASS_MAPPINGS}
-NODE_DISPLAY_NAME_MAPPINGS = {**nodes_fantasyportrait.NODE_DISPLAY_NAME_MAPPINGS,
-                              **nodes_motion.NODE_DISPLAY_NAME_MAPPINGS}
+_FAMILIES = (nodes_fantasyportrait, nodes_motion, nodes_size)
+NODE_CLASS_MAPPINGS = {k: v for family in _FAMILIES for k, v in family.NODE_CLASS_MAPPINGS.items()}
+NODE_DISPLAY_NAME_MAPPINGS = {k: v for family in _FAMILIES for k, v in family.NODE_DISPLAY_NAME_MAPPINGS.items()}

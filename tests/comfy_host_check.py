@@ -131,6 +131,12 @@ largest = encode(adapter, features2, -1, 0, "trim", 1.0, 1.0, 1.0)[0]
 second = encode(adapter, features2, 1, 0, "trim", 1.0, 1.0, 1.0)[0]
 result["encode_largest_is_person_1"] = bool(torch.equal(largest["embeds"].windows, second["embeds"].windows))
 
+# FantasyPortrait Output Size: the portrait's aspect at 480p
+from fantasyportrait_pack.nodes.nodes_size import FantasyPortraitOutputSize  # noqa: E402
+
+result["output_size_portrait"] = list(FantasyPortraitOutputSize().size(torch.zeros(1, 1920, 1080, 3), "480p"))
+result["output_size_landscape"] = list(FantasyPortraitOutputSize().size(torch.zeros(1, 1080, 1920, 3), "480p"))
+
 # FantasyPortrait Motion Control: per-person, per-component edits with a preview IMAGE
 from fantasyportrait_pack.nodes.nodes_motion import FantasyPortraitMotionControl  # noqa: E402
 

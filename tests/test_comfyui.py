@@ -23,7 +23,7 @@ pytestmark = requires_comfyui
 NODES = ["FantasyPortraitApply", "FantasyPortraitEncode", "FantasyPortraitExpressionExtractor",
          "FantasyPortraitFaceModelLoader", "FantasyPortraitFaceTracker", "FantasyPortraitGuider",
          "FantasyPortraitModelLoader", "FantasyPortraitMotionControl", "FantasyPortraitMultiCombine",
-         "FantasyPortraitSampler"]
+         "FantasyPortraitOutputSize", "FantasyPortraitSampler"]
 
 
 def _check(script, timeout=900):
@@ -63,6 +63,10 @@ def test_encode_node_fits_lengths_and_rates(host_result):
     assert "Person 3 was asked for but the driving clip has 1 person(s)" in host_result["encode_person_error"]
     assert "num_frames must be 4k+1; use 17 or 21" in host_result["encode_count_error"]
     assert host_result["encode_largest_is_person_1"]  # person -1: the largest face (released rule)
+
+
+def test_output_size_node(host_result):
+    assert host_result["output_size_portrait"] == [464, 832] and host_result["output_size_landscape"] == [832, 464]
 
 
 def test_motion_control_node(host_result):

@@ -107,3 +107,16 @@ def test_multi_workflows_take_the_fps_of_the_motion():
         combine = [k for k, n in wf.items() if n["class_type"] == "FantasyPortraitMultiCombine"][0]
         video = [n for n in wf.values() if n["class_type"] == "CreateVideo"][0]["inputs"]
         assert video["fps"] == [combine, 3], name
+
+
+def test_sizes_come_from_the_portrait_in_every_workflow():
+    for name in ("fantasyportrait_single", "fantasyportrait_two_from_one_video", "fantasyportrait_people_from_videos"):
+        with open(os.path.join(WF, "api", f"{name}_api.json")) as fh:
+            wf = json.load(fh)
+        size = [k for k, n in wf.items() if n["class_type"] == "FantasyPortraitOutputSize"]
+        assert len(size) == 1, name
+        image = [k for k, n in wf.items() if n["class_type"] == "LoadImage"][0]
+        assert wf[size[0]]["inputs"] == {"image": [image, 0], "resolution": "480p"}
+        for node in wf.values():
+            if node["class_type"] in ("WanImageToVideo", "FantasyPortraitMultiCombine"):
+                assert (node["inputs"]["width"], node["inputs"]["height"]) == ([size[0], 0], [size[0], 1]), name

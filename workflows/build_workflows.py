@@ -31,6 +31,8 @@ NODE_DEFS = {
                          ("batch_size", "INT", True), ("clip_vision_output", "CLIP_VISION_OUTPUT", False),
                          ("start_image", "IMAGE", False)],
                         [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent", "LATENT")]),
+    "FantasyPortraitOutputSize": ([("image", "IMAGE", False), ("resolution", "COMBO", True)],
+                                  [("width", "INT"), ("height", "INT")]),
     "VAEDecode": ([("samples", "LATENT", False), ("vae", "VAE", False)], [("IMAGE", "IMAGE")]),
     "CreateVideo": ([("images", "IMAGE", False), ("fps", "FLOAT", True), ("audio", "AUDIO", False)],
                     [("VIDEO", "VIDEO")]),
@@ -87,8 +89,7 @@ NEGATIVE = ("bright tones, overexposed, static, blurred details, subtitles, styl
             "picture, messy background, three legs, many people in the background, walking backwards")
 
 
-def common(portrait_embeds, num_frames, fps, audio, width=512, height=512,
-           prompt="a person speaking naturally, expressive face, high quality"):
+def common(portrait_embeds, num_frames, fps, audio, prompt="a person speaking naturally, expressive face, high quality"):
     """Wan 2.1 I2V, text and CLIP-vision conditioning, the sampler, decoding and saving: the part every
     workflow shares. Node ids 1-9 and 18-22; the portrait chain supplies the rest."""
     return [
@@ -103,14 +104,16 @@ def common(portrait_embeds, num_frames, fps, audio, width=512, height=512,
         (7, "LoadImage", "Portrait image", {"image": "portrait.png"}),
         (8, "CLIPVisionEncode", None, {"clip_vision": (6, 0), "image": (7, 0), "crop": "none"}),
         (9, "VAELoader", None, {"vae_name": "wan_2.1_vae.safetensors"}),
-        (18, "WanImageToVideo", None, {"positive": (4, 0), "negative": (5, 0), "vae": (9, 0), "width": width,
-                                       "height": height, "length": num_frames, "batch_size": 1,
+        (18, "WanImageToVideo", None, {"positive": (4, 0), "negative": (5, 0), "vae": (9, 0), "width": (24, 0),
+                                       "height": (24, 1), "length": num_frames, "batch_size": 1,
                                        "clip_vision_output": (8, 0), "start_image": (7, 0)}),
         (19, "FantasyPortraitSampler", None, {"model": (2, 0), "adapter": (16, 0), "portrait_embeds": portrait_embeds,
                                               "portrait_strength": 1.0, "start_percent": 0.0, "end_percent": 1.0,
                                               "positive": (18, 0), "negative": (18, 1), "latent_image": (18, 2),
                                               "seed": 42, "steps": 30, "cfg": 1.0, "portrait_cfg": 4.0,
                                               "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}),
+        (24, "FantasyPortraitOutputSize", "Output size: the portrait's aspect at 480p",
+         {"image": (7, 0), "resolution": "480p"}),
         (20, "VAEDecode", None, {"samples": (19, 0), "vae": (9, 0)}),
         (21, "CreateVideo", "Video at the motion's fps, with the driving audio", {"images": (20, 0), "fps": fps,
                                                                          "audio": audio}),
@@ -155,8 +158,8 @@ def single_portrait():
 MULTI_PROMPT = "two people talking to each other, natural expressions, high quality"
 
 
-def combine_node(embeds, width, height):
-    inputs = {"face_models": (12, 0), "image": (7, 0), "width": width, "height": height, "mapping": "",
+def combine_node(embeds):
+    inputs = {"face_models": (12, 0), "image": (7, 0), "width": (24, 0), "height": (24, 1), "mapping": "",
               "background": "all", "strengths": ""}
     inputs.update({f"embeds_{i + 1}": e for i, e in enumerate(embeds)})
     return [(30, "FantasyPortraitMultiCombine", "Multi-portrait: regions and masks", inputs),
@@ -165,8 +168,8 @@ def combine_node(embeds, width, height):
 
 def two_from_one_video():
     """Two people in the portrait, driven by the two people of one driving video (left to right)."""
-    return sorted(common((30, 0), (30, 1), (30, 3), (11, 1), 832, 480, MULTI_PROMPT) + LOADERS + driver(10, 13, 15, 2)
-                  + [encode(17, (15, 0), 0), encode(23, (15, 0), 1)] + combine_node([(17, 0), (23, 0)], 832, 480),
+    return sorted(common((30, 0), (30, 1), (30, 3), (11, 1), MULTI_PROMPT) + LOADERS + driver(10, 13, 15, 2)
+                  + [encode(17, (15, 0), 0), encode(23, (15, 0), 1)] + combine_node([(17, 0), (23, 0)]),
                   key=lambda n: n[0])
 
 
@@ -174,9 +177,9 @@ def people_from_videos():
     """N people in the portrait, one driving video each (here N = 2; add drivers and connect embeds_3/4 for
     more). Audio and fps come from the first video."""
     second = driver(40, 42, 44, 1, "Driving video 2")
-    return sorted(common((30, 0), (30, 1), (30, 3), (11, 1), 832, 480, MULTI_PROMPT) + LOADERS + driver(10, 13, 15, 1)
+    return sorted(common((30, 0), (30, 1), (30, 3), (11, 1), MULTI_PROMPT) + LOADERS + driver(10, 13, 15, 1)
                   + second + [encode(17, (15, 0), 0), encode(23, (44, 0), 0)]
-                  + combine_node([(17, 0), (23, 0)], 832, 480), key=lambda n: n[0])
+                  + combine_node([(17, 0), (23, 0)]), key=lambda n: n[0])
 
 
 def to_api(graph):
