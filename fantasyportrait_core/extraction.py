@@ -109,6 +109,14 @@ class ExpressionFeatures:
         return self.tracks.notes
 
 
+def check_driving_frames(count: int, source: str = "the driving clip") -> None:
+    """A driving clip needs motion: refuse a single frame (or none)."""
+    if count < 2:
+        raise FantasyPortraitError(
+            f"{source} has {'a single frame' if count == 1 else 'no frames'}; a driving clip needs motion: use a "
+            "video (Wan makes 4k+1 frames, so at least 5).")
+
+
 def extract_features(frames, models: FaceModels, min_face: float = DEFAULT_MIN_FACE, persons: int = 0,
                      batch_size: int | None = None, fps: float | None = None, source: str = "the driving clip",
                      progress: Progress | None = None) -> ExpressionFeatures:
@@ -117,10 +125,7 @@ def extract_features(frames, models: FaceModels, min_face: float = DEFAULT_MIN_F
         raise FantasyPortraitError("No motion encoder loaded (pd_fpg.pth): cannot extract expression features.")
     frames = frames_to_uint8(frames)
     n = len(frames)
-    if n < 2:
-        raise FantasyPortraitError(
-            f"{source} has a single frame; a driving clip needs motion: use a video (Wan makes 4k+1 frames, "
-            "so at least 5).")
+    check_driving_frames(n, source)
     total = 2 * n
     tracks = track_faces(frames, models.detector, models.landmarker, min_face=min_face, source=source,
                          progress=(lambda d, t: progress(d, total)) if progress else None)

@@ -33,13 +33,26 @@ def read_video(path: str, max_frames: int | None = None, fps: float | None = Non
     av = require("av", "Reading driving videos", "av")
     if not os.path.isfile(path):
         raise FantasyPortraitError(f"Driving video not found: {path}")
+    name, size = os.path.basename(path), os.path.getsize(path)
+    if size == 0:
+        raise FantasyPortraitError(f"{name} is empty (0 bytes): it was not written or copied completely. Copy or "
+                                   "download it again.")
     try:
         container = av.open(path)
     except av.error.FFmpegError as exc:
-        raise FantasyPortraitError(f"{os.path.basename(path)} is not a readable video ({exc}).") from exc
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+        if head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free"):
+            raise FantasyPortraitError(
+                f"{name} is an MP4/MOV video that cannot be opened: it is incomplete (an interrupted download, "
+                "copy or recording leaves out the index FFmpeg needs). Copy or download it again, or re-export it."
+            ) from exc
+        raise FantasyPortraitError(
+            f"{name} is not a video file FFmpeg can read ({size} bytes, starting with {head[:8]!r}; FFmpeg: "
+            f"{getattr(exc, 'strerror', None) or exc}). Use a video such as MP4, MOV, WebM or AVI.") from exc
     with container:
         if not container.streams.video:
-            raise FantasyPortraitError(f"{os.path.basename(path)} has no video stream.")
+            raise FantasyPortraitError(f"{name} has no video stream (an audio file?): use a video of the driving face.")
         stream = container.streams.video[0]
         src_fps = float(stream.average_rate or stream.guessed_rate or 25.0)
         # frames needed from the source before retiming
@@ -54,9 +67,11 @@ def read_video(path: str, max_frames: int | None = None, fps: float | None = Non
                     break
         except av.error.FFmpegError as exc:
             if not frames:
-                raise FantasyPortraitError(f"{os.path.basename(path)} could not be decoded ({exc}).") from exc
+                raise FantasyPortraitError(
+                    f"{name} opens but its video could not be decoded ({getattr(exc, 'strerror', None) or exc}): it "
+                    "is damaged or incomplete. Copy or download it again, or re-export it.") from exc
     if not frames:
-        raise FantasyPortraitError(f"{os.path.basename(path)} contains no video frames.")
+        raise FantasyPortraitError(f"{name} contains no video frames: it is empty or incomplete.")
     out = np.stack(frames)
     out_fps = src_fps
     if fps is not None and abs(fps - src_fps) > 1e-3:

@@ -20,8 +20,8 @@ from ..fantasyportrait_core.adapter import GroupScales
 from ..fantasyportrait_core.checkpoints import load_adapter
 from ..fantasyportrait_core.encoding import PortraitEmbeds, encode_features
 from ..fantasyportrait_core.errors import FantasyPortraitError, require_finite
-from ..fantasyportrait_core.extraction import (FaceModels, aligned_crops, draw_preview, encode_crops,
-                                               frames_to_uint8)
+from ..fantasyportrait_core.extraction import (FaceModels, aligned_crops, check_driving_frames, draw_preview,
+                                               encode_crops, frames_to_uint8)
 from ..fantasyportrait_core.faces import FaceDetector, LandmarkModel
 from ..fantasyportrait_core.motion_encoder import load_motion_encoder
 from ..fantasyportrait_core.tracking import keep_persons, largest_person, track_faces
@@ -127,6 +127,7 @@ class FantasyPortraitFaceTracker:
                    "was missed (reported in the log), and shows boxes, ids and landmarks.")
 
     def track(self, face_models, images, min_face, persons):
+        check_driving_frames(len(images), "The driving video")
         frames = frames_to_uint8(images)
         tracks = track_faces(frames, face_models.detector, face_models.landmarker, min_face=min_face,
                              progress=Progress(len(frames)), source="the driving frames")

@@ -131,6 +131,13 @@ largest = encode(adapter, features2, -1, 0, "trim", 1.0, 1.0, 1.0)[0]
 second = encode(adapter, features2, 1, 0, "trim", 1.0, 1.0, 1.0)[0]
 result["encode_largest_is_person_1"] = bool(torch.equal(largest["embeds"].windows, second["embeds"].windows))
 
+# a driving "video" of one frame is refused by the tracker node (the command line refuses it too)
+try:
+    fp.FantasyPortraitFaceTracker().track(None, torch.zeros(1, 64, 64, 3), 96, 0)
+    result["tracker_one_frame_error"] = None
+except Exception as exc:  # noqa: BLE001
+    result["tracker_one_frame_error"] = str(exc)
+
 # FantasyPortrait Output Size: the portrait's aspect at 480p
 from fantasyportrait_pack.nodes.nodes_size import FantasyPortraitOutputSize  # noqa: E402
 

@@ -65,6 +65,10 @@ def test_encode_node_fits_lengths_and_rates(host_result):
     assert host_result["encode_largest_is_person_1"]  # person -1: the largest face (released rule)
 
 
+def test_one_frame_driving_video_is_refused_by_the_nodes(host_result):
+    assert "The driving video has a single frame; a driving clip needs motion" in host_result["tracker_one_frame_error"]
+
+
 def test_output_size_node(host_result):
     assert host_result["output_size_portrait"] == [464, 832] and host_result["output_size_landscape"] == [832, 464]
 

@@ -78,10 +78,19 @@ def test_bad_videos(models_dir, tmp_path, capsys):
 
     assert run(tmp_path / "nope.mp4") == 2
     assert "Driving video not found" in capsys.readouterr().err
-    (tmp_path / "corrupt.mp4").write_bytes(os.urandom(4096))
+    (tmp_path / "corrupt.mp4").write_bytes(b"PK\x03\x04" + bytes(4092))  # e.g. a zip renamed
     assert run(tmp_path / "corrupt.mp4") == 2
     err = capsys.readouterr().err
-    assert "corrupt.mp4 is not a readable video" in err or "corrupt.mp4 could not be decoded" in err
+    assert "corrupt.mp4 is not a video file FFmpeg can read (4096 bytes, starting with b'PK\\x03\\x04" in err
+    assert "Errno" not in err
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    assert run(tmp_path / "empty.mp4") == 2
+    assert "empty.mp4 is empty (0 bytes)" in capsys.readouterr().err
+    whole = open(media_path("jgz.mp4"), "rb").read()
+    (tmp_path / "cut.mp4").write_bytes(whole[: len(whole) // 3])  # an interrupted download
+    assert run(tmp_path / "cut.mp4") == 2
+    err = capsys.readouterr().err
+    assert "cut.mp4" in err and ("is incomplete" in err or "damaged or incomplete" in err), err
     write_video(str(tmp_path / "blank.mp4"), np.full((6, 128, 160, 3), 90, np.uint8), 10)
     assert run(tmp_path / "blank.mp4") == 2
     assert "No face was found in any of the 6 frames of blank.mp4" in capsys.readouterr().err
