@@ -114,12 +114,22 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run an API-format workflow on a ComfyUI server and download the video",
         description=(
-            "Upload the portrait image and driving video(s) to a running ComfyUI, put them into the workflow's "
+            "Upload the portrait image and driving video(s) to a running ComfyUI (or one started for the run), "
+            "put them into the workflow's "
             "LoadImage and LoadVideo nodes (LoadVideo nodes in node-id order), queue it, show progress and "
             "download the saved video. A failed run exits with status 1 and ComfyUI's node error."
         ),
     )
-    run.add_argument("--server", default="http://127.0.0.1:8188", help="ComfyUI address (default http://127.0.0.1:8188)")
+    run.add_argument("--server", metavar="URL",
+                     help="address of a running ComfyUI, e.g. http://127.0.0.1:8188; without it a private headless "
+                          "ComfyUI is started for this run on a free loopback port and stopped afterwards")
+    run.add_argument("--comfyui", metavar="DIR",
+                     help="the ComfyUI to start when there is no --server (default: the one whose custom_nodes/ "
+                          "holds this pack)")
+    run.add_argument("--comfyui-python", metavar="PY",
+                     help="Python of that ComfyUI (default: the Python running this command)")
+    run.add_argument("--comfyui-arg", action="append", default=[], metavar="ARG",
+                     help="extra argument for that ComfyUI's main.py, repeatable (e.g. --comfyui-arg=--lowvram)")
     run.add_argument("--workflow", required=True, metavar="W_api.json",
                      help="API-format workflow, e.g. workflows/fantasyportrait_single_api.json")
     run.add_argument("--image", metavar="IMG", help="portrait image for the workflow's LoadImage node")
@@ -138,7 +148,18 @@ def _cmd_run(args) -> int:
     from .runner import RunError, run
 
     try:
-        out = run(args.server, args.workflow, args.image, args.video, args.out, timeout=args.timeout, sets=args.set)
+        if args.server:
+            out = run(args.server, args.workflow, args.image, args.video, args.out, timeout=args.timeout,
+                      sets=args.set)
+        else:
+            from .runner import PrivateServer, find_comfyui
+
+            say = lambda s: print(s, file=sys.stderr)  # noqa: E731
+            with PrivateServer(find_comfyui(args.comfyui), args.comfyui_python, args.comfyui_arg,
+                               progress=say) as url:
+                out = run(url, args.workflow, args.image, args.video, args.out, timeout=args.timeout,
+                          sets=args.set)
+            say("stopped the private ComfyUI")
     except RunError as exc:
         print(f"fantasyportrait run: failed: {exc}", file=sys.stderr)
         return 1

@@ -335,6 +335,24 @@ def test_resampled_motion_sets_the_video_fps(server):
     assert frames == 9 and duration == pytest.approx(0.9, abs=0.05)
 
 
+def test_run_without_a_server_starts_and_stops_a_private_comfyui(server):
+    out = server["tmp"] / "private.mp4"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fantasyportrait_core", "run", "--workflow", tiny_workflow(server["tmp"]),
+         "--image", media_path("man.jpeg"), "--video", media_path("jgz.mp4"), "--out", str(out), "--timeout", "300",
+         "--comfyui", COMFYUI_DIR, "--comfyui-python", PYTHON, "--comfyui-arg=--cpu",
+         "--comfyui-arg=--disable-api-nodes", "--comfyui-arg=--use-pytorch-cross-attention",
+         "--comfyui-arg=--base-directory", f"--comfyui-arg={server['tmp'] / 'base'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert out.stat().st_size > 0
+    started = [line for line in proc.stderr.splitlines() if line.startswith("starting ComfyUI from")]
+    url = started[0].split(" on ")[1].split(" ")[0]
+    assert "stopped the private ComfyUI" in proc.stderr
+    with pytest.raises(OSError):  # nothing listens there any more
+        urllib.request.urlopen(url + "/system_stats", timeout=5)
+
+
 def test_failed_run_reports_the_node_error(server):
     out = server["tmp"] / "never.mp4"
     proc = run_cli(server, tiny_workflow(server["tmp"], set=[("16", "model_name", "missing.ckpt")]), out)

@@ -201,3 +201,24 @@ def test_set_errors_name_what_is_wrong():
                        ("LoadVideo.file=x.mp4", "2 nodes are called 'LoadVideo' (ids 10, 2)")):
         with pytest.raises(FantasyPortraitError, match=re.escape(said)):
             apply_overrides(wf, [item])
+
+
+def test_private_server_needs_a_comfyui(tmp_path, capsys):
+    from fantasyportrait_core.runner import find_comfyui
+
+    (tmp_path / "notcomfy").mkdir()
+    with pytest.raises(FantasyPortraitError, match="notcomfy is not a ComfyUI folder"):
+        find_comfyui(str(tmp_path / "notcomfy"))
+    with pytest.raises(FantasyPortraitError, match="ComfyUI folder not found"):
+        find_comfyui(str(tmp_path / "nothing"))
+    # this checkout is not inside a ComfyUI's custom_nodes/: no --server and no --comfyui is a clear error
+    wf = tmp_path / "wf_api.json"
+    wf.write_text(json.dumps(WORKFLOW))
+    assert main(["run", "--workflow", str(wf), "--out", str(tmp_path / "o.mp4")]) == 2
+    assert "No ComfyUI to start" in capsys.readouterr().err
+    fake_comfy = tmp_path / "ComfyUI"
+    (fake_comfy / "comfy").mkdir(parents=True)
+    (fake_comfy / "main.py").write_text("import sys; print('boom: no such module'); sys.exit(3)")
+    assert main(["run", "--workflow", str(wf), "--out", str(tmp_path / "o.mp4"), "--comfyui", str(fake_comfy)]) == 1
+    err = capsys.readouterr().err
+    assert "ComfyUI exited while starting (status 3)" in err and "boom: no such module" in err
