@@ -139,14 +139,21 @@ def extract_features(frames, models: FaceModels, min_face: float = DEFAULT_MIN_F
 PERSON_COLOURS = [(230, 60, 60), (60, 160, 230), (80, 200, 80), (230, 180, 40), (180, 90, 220), (40, 200, 200)]
 
 
-def draw_preview(frames: np.ndarray, tracks: FaceTracks, landmarks: bool = True) -> np.ndarray:
-    """Frames with each person's box, id and landmarks drawn (dashed-looking thin box where filled)."""
+def draw_preview(frames: np.ndarray, tracks: FaceTracks, landmarks: bool = True,
+                 max_side: int | None = None) -> np.ndarray:
+    """Frames with each person's box, id and landmarks drawn (dashed-looking thin box where filled);
+    with ``max_side`` each frame is shrunk so its long side is at most that (one frame at a time, so
+    the full-size preview never exists)."""
     import cv2
 
-    out = frames_to_uint8(frames).copy()
-    scale = max(1, round(max(out.shape[1:3]) / 640))
+    frames = frames_to_uint8(frames)
+    height, width = frames.shape[1:3]
+    shrink = min(1.0, max_side / max(height, width)) if max_side else 1.0
+    size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
+    out = np.empty((len(frames), size[1], size[0], 3), np.uint8) if shrink < 1 else frames.copy()
+    scale = max(1, round(max(height, width) / 640))
     for f in range(min(len(out), tracks.num_frames)):
-        img = out[f]
+        img = frames[f].copy() if shrink < 1 else out[f]
         for p in range(tracks.num_persons):
             colour = PERSON_COLOURS[p % len(PERSON_COLOURS)]
             x0, y0, x1, y1 = [int(round(v)) for v in tracks.boxes[p, f]]
@@ -158,4 +165,6 @@ def draw_preview(frames: np.ndarray, tracks: FaceTracks, landmarks: bool = True)
             if landmarks:
                 for x, y in tracks.landmarks[p, f]:
                     cv2.circle(img, (int(round(x)), int(round(y))), scale, colour, -1)
+        if shrink < 1:
+            out[f] = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
     return out

@@ -31,6 +31,7 @@ from .common import CATEGORY, FOLDER, Progress, adapter_files, adapter_path, reg
 log = logging.getLogger("FantasyPortrait")
 register_model_folder()
 DEFAULT_FPS = 25.0  # the released frame rate, for motion whose rate is unknown
+PREVIEW_SIDE = 512  # long side of the tracking preview (a full-resolution float copy of a long clip is GBs)
 
 
 def _to_image(arr: np.ndarray) -> torch.Tensor:
@@ -134,8 +135,10 @@ class FantasyPortraitFaceTracker:
         tracks = keep_persons(tracks, persons)
         for note in tracks.notes:
             log.warning("FantasyPortrait: %s", note)
-        crops = aligned_crops(frames, tracks).reshape(-1, 224, 224, 3)
-        return ({"tracks": tracks, "frames": frames}, _to_image(crops), _to_image(draw_preview(frames, tracks)))
+        # the aligned faces are all the next node needs: keep them (224x224 per face), not the full frames
+        crops = aligned_crops(frames, tracks)
+        preview = draw_preview(frames, tracks, max_side=PREVIEW_SIDE)
+        return ({"tracks": tracks, "crops": crops}, _to_image(crops.reshape(-1, 224, 224, 3)), _to_image(preview))
 
 
 class FantasyPortraitExpressionExtractor:
@@ -157,8 +160,7 @@ class FantasyPortraitExpressionExtractor:
     def extract(self, face_models, tracks, fps):
         from ..fantasyportrait_core.comfy_wan import load_managed, managed_module
 
-        t, frames = tracks["tracks"], tracks["frames"]
-        crops = aligned_crops(frames, t).reshape(-1, 224, 224, 3)
+        t, crops = tracks["tracks"], tracks["crops"].reshape(-1, 224, 224, 3)
         device = getattr(face_models, "torch_device", torch.device("cpu"))
         encoder, device = load_managed(managed_module(face_models, "_comfy_motion", face_models.motion_encoder, device))
         feats = encode_crops(encoder, crops, device=device, progress=Progress(len(crops)))

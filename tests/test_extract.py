@@ -66,8 +66,15 @@ def test_features_do_not_depend_on_batch_size(models_dir):
     b = extract_features(frames, models, batch_size=2).features
     assert a.shape == (1, 5, 554)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    preview = draw_preview(frames, extract_features(frames, models).tracks)
+    tracks = extract_features(frames, models).tracks
+    preview = draw_preview(frames, tracks)
     assert preview.shape == frames.shape and (preview != frames).any()
+    small = draw_preview(frames, tracks, max_side=128)  # the node's preview: long side <= 512, frame by frame
+    import cv2
+
+    assert small.shape == (5, 128, 128, 3) and small.dtype == np.uint8
+    plain = cv2.resize(frames[0], (128, 128), interpolation=cv2.INTER_AREA)
+    assert np.abs(small[0].astype(int) - plain).max() > 100  # the boxes and landmarks are drawn
     with pytest.raises(FantasyPortraitError, match="single frame"):
         extract_features(frames[:1], models)
 
