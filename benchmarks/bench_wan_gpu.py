@@ -54,6 +54,7 @@ def main():
     from fantasyportrait_pack.fantasyportrait_core import adapter_from_state_dict
     from fantasyportrait_pack.fantasyportrait_core.encoding import encode_features
     from fantasyportrait_pack.fantasyportrait_core.multi import build_mask, query_scales
+    from fantasyportrait_pack.fantasyportrait_core.windows import frame_count_of_latent
     from fantasyportrait_pack.nodes import nodes_fantasyportrait as fp
 
     torch.set_grad_enabled(False)
@@ -86,7 +87,7 @@ def main():
     positive = [[torch.randn(1, text, 4096, generator=g), dict(image)]]
     negative = [[torch.randn(1, text, 4096, generator=g), dict(image)]]
     latent = {"samples": torch.zeros(1, 16, t_lat, h, w)}
-    frames = 4 * (t_lat - 1) + 1
+    frames = frame_count_of_latent(t_lat)
     adapter = adapter_from_state_dict(flatten(adapter_state_dict(model_dim=cfg_model["dim"],
                                                                  blocks=cfg_model["num_layers"], seed=3)), dtype="bf16")
 

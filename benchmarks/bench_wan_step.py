@@ -65,7 +65,7 @@ def main():
     os.symlink(ROOT, os.path.join(tmp, "fantasyportrait_pack"))
     sys.path.insert(0, tmp)
     from fantasyportrait_pack.fantasyportrait_core.attention import AdapterProjections
-    from fantasyportrait_pack.fantasyportrait_core.comfy_wan import PortraitBlockPatch, PortraitState
+    from fantasyportrait_pack.fantasyportrait_core.comfy_wan import PortraitBlockPatch, PortraitState, call_info
     from fantasyportrait_pack.fantasyportrait_core.multi import build_mask, query_scales
 
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
@@ -122,7 +122,7 @@ def main():
 
     def portrait(state):
         patch = PortraitBlockPatch(0, state)
-        info = {"run": state.current_run(), "frames": None, "scale": None, "active": True, "diffusion_model": dm}
+        info = call_info(state, state.current_run(), x.shape[0], x.device, dm)
 
         def call():
             return patch({"img": x, "txt": ctx, "vec": e, "pe": freqs,

@@ -139,21 +139,10 @@ class PortraitBlockPatch:
 
     def __call__(self, args, extra):
         info = args["transformer_options"].get(WRAPPER_KEY)
-        state = self.state
-        if info is None or not info["active"] or state.strength == 0:
+        if info is None or not info["active"]:
             return extra["original_block"](args)
-        x = args["img"]
-        scale = info["scale"]
-        scale = torch.ones(x.shape[0]) if scale is None else scale
-        scale = scale.to(device=x.device, dtype=torch.float32).reshape(-1) * state.strength
-        rows = torch.nonzero(scale).flatten()
-        if rows.numel() == 0:
-            return extra["original_block"](args)
-        run, frames = info["run"], info["frames"]
-        mask = run.mask(x.device)
-        if frames is not None and mask is not None:
-            mask = mask[frames]
-        query_scale = run.query_scale(x.device)
+        state, run, frames, rows = self.state, info["run"], info["frames"], info["rows"]
+        scale, mask, query_scale = info["scale"], info["mask"], info["query_scale"]
 
         def branch(q):
             k, v = run.kv(self.index, frames, q.device, q.dtype)
@@ -210,6 +199,26 @@ def _window_frames(window, latent_frames: int, call_frames: int):
     return frames
 
 
+def call_info(state: PortraitState, run: PortraitRun, batch: int, device, diffusion_model, scale=None, frames=None,
+              active: bool = True) -> dict:
+    """What the block patches of one model call share, prepared once per call (not once per block):
+    per-row strengths (``scale``: the per-row on/off cond, None = on), the rows that carry the portrait,
+    and the mask and per-token strengths on the call's device, cut to a context window's ``frames``."""
+    info = {"run": run, "frames": frames, "diffusion_model": diffusion_model, "active": False}
+    if not active or state.strength == 0:
+        return info
+    scale = torch.ones(batch) if scale is None else scale
+    scale = scale.to(device=device, dtype=torch.float32).reshape(-1) * state.strength
+    rows = torch.nonzero(scale).flatten()
+    if rows.numel() == 0:
+        return info
+    mask = run.mask(device)
+    if frames is not None and mask is not None:
+        mask = mask[frames]
+    info.update(active=True, scale=scale, rows=rows, mask=mask, query_scale=run.query_scale(device))
+    return info
+
+
 def _diffusion_model_wrapper(state: PortraitState):
     def wrapper(executor, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options=None,
                 **kwargs):
@@ -221,13 +230,8 @@ def _diffusion_model_wrapper(state: PortraitState):
             frames = _window_frames(window, state.latent_frames, x.shape[2])
         elif x.ndim == 5:
             state.check_latent(x.shape)
-        info = {
-            "run": run,
-            "frames": frames,
-            "scale": kwargs.get(SCALE_COND),
-            "active": run.active(topts.get("sigmas")),
-            "diffusion_model": executor.class_obj,
-        }
+        info = call_info(state, run, x.shape[0], x.device, executor.class_obj, kwargs.get(SCALE_COND), frames,
+                         run.active(topts.get("sigmas")))
         topts = {**topts, WRAPPER_KEY: info}
         return executor(x, timestep, context, clip_fea, time_dim_concat, topts, **kwargs)
 

@@ -152,9 +152,9 @@ def draw_preview(frames: np.ndarray, tracks: FaceTracks, landmarks: bool = True,
     size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
     out = np.empty((len(frames), size[1], size[0], 3), np.uint8) if shrink < 1 else frames.copy()
     scale = max(1, round(max(height, width) / 640))
-    for f in range(min(len(out), tracks.num_frames)):
+    for f in range(len(out)):
         img = frames[f].copy() if shrink < 1 else out[f]
-        for p in range(tracks.num_persons):
+        for p in range(tracks.num_persons if f < tracks.num_frames else 0):
             colour = PERSON_COLOURS[p % len(PERSON_COLOURS)]
             x0, y0, x1, y1 = [int(round(v)) for v in tracks.boxes[p, f]]
             found = bool(tracks.valid[p, f])

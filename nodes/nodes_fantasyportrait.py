@@ -209,11 +209,13 @@ class FantasyPortraitEncode:
         require_finite(proj_scale=proj_scale, mouth_scale=mouth_scale, emo_scale=emo_scale, fps=fps)
         feats = features["features"]
         tracks = features.get("tracks")
-        if person < 0:
-            person, notes = largest_person(tracks) if tracks is not None else (0, [])
-            if tracks is None and feats.shape[0] > 1:
+        if person < 0 and tracks is None:  # features made without the tracker: only one person can be meant
+            if feats.shape[0] > 1:
                 raise FantasyPortraitError("These features carry no face tracks, so the largest face is unknown: set "
                                            "person to a number.")
+            person = 0
+        elif person < 0:
+            person, notes = largest_person(tracks)
             log.info("FantasyPortrait: person %d (the largest face) drives the portrait", person)
             for note in notes:
                 log.warning("FantasyPortrait: %s", note)

@@ -54,9 +54,10 @@ def boot(comfy_dir: str, repo: str) -> types.SimpleNamespace:
 
 def call_block_patch(patch, dm, x, e, freqs, ctx, frames=None, context_img_len=257):
     """Call a portrait block patch as WanModel.forward_orig does (the host's block as original_block)."""
+    from fantasyportrait_pack.fantasyportrait_core.comfy_wan import call_info
+
     block = dm.blocks[patch.index]
-    info = {"run": patch.state.current_run(), "frames": frames, "scale": None, "active": True,
-            "diffusion_model": dm}
+    info = call_info(patch.state, patch.state.current_run(), x.shape[0], x.device, dm, frames=frames)
 
     def original_block(args):
         return {"img": block(args["img"], context=args["txt"], e=args["vec"], freqs=args["pe"],
