@@ -14,6 +14,7 @@ from .errors import FantasyPortraitError
 from .faces import DEFAULT_MIN_FACE, FaceDetector, LandmarkModel, to_uint8
 from .motion_encoder import MotionEncoder, crops_to_tensor, load_motion_encoder
 from .tracking import FaceTracks, keep_persons, track_faces
+from .video import DrivingFrames
 
 MODEL_FILES = {"detector": "face_det.onnx", "landmarks": "face_landmark.onnx", "motion": "pd_fpg.pth"}
 
@@ -52,8 +53,11 @@ def load_face_models(models_dir: str | None = None, detector: str | None = None,
     return FaceModels(det, lmk, enc)
 
 
-def frames_to_uint8(frames) -> np.ndarray:
-    """ComfyUI IMAGE tensor / float array / uint8 array -> uint8 RGB ``[F, H, W, 3]``."""
+def frames_to_uint8(frames):
+    """ComfyUI IMAGE tensor / float array / uint8 array -> uint8 RGB ``[F, H, W, 3]``; a lazily
+    decoded clip (:class:`~.video.DrivingFrames`, already uint8 RGB) passes through undecoded."""
+    if isinstance(frames, DrivingFrames):
+        return frames
     if isinstance(frames, torch.Tensor):
         frames = frames.detach().cpu().numpy()
     frames = np.asarray(frames)
@@ -64,12 +68,13 @@ def frames_to_uint8(frames) -> np.ndarray:
     return to_uint8(frames[..., :3])
 
 
-def aligned_crops(frames: np.ndarray, tracks: FaceTracks, size: int = CROP_SIZE) -> np.ndarray:
-    """``[P, F, size, size, 3]`` uint8 aligned faces (released template, bicubic)."""
+def aligned_crops(frames, tracks: FaceTracks, size: int = CROP_SIZE) -> np.ndarray:
+    """``[P, F, size, size, 3]`` uint8 aligned faces (released template, bicubic); ``frames`` is
+    iterated once."""
     out = np.zeros((tracks.num_persons, tracks.num_frames, size, size, 3), np.uint8)
-    for p in range(tracks.num_persons):
-        for f in range(tracks.num_frames):
-            out[p, f] = align_face(frames[f], tracks.landmarks[p, f], size)
+    for f, frame in enumerate(frames):
+        for p in range(tracks.num_persons):
+            out[p, f] = align_face(np.asarray(frame), tracks.landmarks[p, f], size)
     return out
 
 
@@ -126,34 +131,38 @@ def extract_features(frames, models: FaceModels, min_face: float = DEFAULT_MIN_F
     frames = frames_to_uint8(frames)
     n = len(frames)
     check_driving_frames(n, source)
-    total = 2 * n
+    if fps is None and isinstance(frames, DrivingFrames):
+        fps = frames.fps
+    total = 3 * n  # two tracking passes, then the encoder
     tracks = track_faces(frames, models.detector, models.landmarker, min_face=min_face, source=source,
                          progress=(lambda d, t: progress(d, total)) if progress else None)
     tracks = keep_persons(tracks, persons)
     crops = aligned_crops(frames, tracks).reshape(-1, CROP_SIZE, CROP_SIZE, 3)
     feats = encode_crops(models.motion_encoder, crops, batch_size,
-                         progress=(lambda d, t: progress(n + d * n // max(t, 1), total)) if progress else None)
+                         progress=(lambda d, t: progress(2 * n + d * n // max(t, 1), total)) if progress else None)
     return ExpressionFeatures(feats.reshape(tracks.num_persons, n, -1), tracks, fps)
 
 
 PERSON_COLOURS = [(230, 60, 60), (60, 160, 230), (80, 200, 80), (230, 180, 40), (180, 90, 220), (40, 200, 200)]
 
 
-def draw_preview(frames: np.ndarray, tracks: FaceTracks, landmarks: bool = True,
-                 max_side: int | None = None) -> np.ndarray:
-    """Frames with each person's box, id and landmarks drawn (dashed-looking thin box where filled);
-    with ``max_side`` each frame is shrunk so its long side is at most that (one frame at a time, so
-    the full-size preview never exists)."""
+def draw_preview(frames, tracks: FaceTracks, landmarks: bool = True, max_side: int | None = None) -> np.ndarray:
+    """Frames with each person's box, id and landmarks drawn (thin box where filled); with
+    ``max_side`` each frame is shrunk so its long side is at most that. ``frames`` (an array or a
+    lazily decoded clip) is iterated once, one frame at a time, so a full-size copy never exists."""
     import cv2
 
     frames = frames_to_uint8(frames)
-    height, width = frames.shape[1:3]
-    shrink = min(1.0, max_side / max(height, width)) if max_side else 1.0
-    size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
-    out = np.empty((len(frames), size[1], size[0], 3), np.uint8) if shrink < 1 else frames.copy()
-    scale = max(1, round(max(height, width) / 640))
-    for f in range(len(out)):
-        img = frames[f].copy() if shrink < 1 else out[f]
+    out = None
+    for f, frame in enumerate(frames):
+        frame = np.asarray(frame)
+        height, width = frame.shape[:2]
+        shrink = min(1.0, max_side / max(height, width)) if max_side else 1.0
+        size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
+        if out is None:
+            out = np.empty((len(frames), size[1], size[0], 3), np.uint8)
+        scale = max(1, round(max(height, width) / 640))
+        img = frame.copy()
         for p in range(tracks.num_persons if f < tracks.num_frames else 0):
             colour = PERSON_COLOURS[p % len(PERSON_COLOURS)]
             x0, y0, x1, y1 = [int(round(v)) for v in tracks.boxes[p, f]]
@@ -165,6 +174,5 @@ def draw_preview(frames: np.ndarray, tracks: FaceTracks, landmarks: bool = True,
             if landmarks:
                 for x, y in tracks.landmarks[p, f]:
                     cv2.circle(img, (int(round(x)), int(round(y))), scale, colour, -1)
-        if shrink < 1:
-            out[f] = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+        out[f] = cv2.resize(img, size, interpolation=cv2.INTER_AREA) if shrink < 1 else img
     return out

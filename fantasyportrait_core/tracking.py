@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import FantasyPortraitError
 from .faces import (DEFAULT_MIN_FACE, FACE_PROB_THRESHOLD, OVERLAP_IOU, FaceDetector, LandmarkModel,
-                    LandmarkSmoother, _bgr, check_frame, landmark_box)
+                    LandmarkResult, LandmarkSmoother, _bgr, check_frame, landmark_box)
 
 REATTACH_IOU = 0.3
 
@@ -117,31 +117,40 @@ def _resolve_overlaps(cands: list[_Candidate]) -> None:
 def track_faces(frames, detector: FaceDetector, landmarker: LandmarkModel, min_face: float = DEFAULT_MIN_FACE,
                 max_gap: int = 30, progress: Callable[[int, int], None] | None = None,
                 source: str = "the driving clip", two_pass: bool = True) -> FaceTracks:
-    """Track every face through ``frames`` (RGB uint8 ``[F, H, W, 3]`` or a list of frames).
+    """Track every face through ``frames``: RGB uint8 ``[F, H, W, 3]``, or any sequence of frames
+    (e.g. a lazily decoded :class:`~.video.DrivingFrames`, iterated once per pass).
 
     ``two_pass`` (default, released): a first pass finds the faces; the second, whose landmarks are
     returned, starts frame 0 from the first pass's landmark boxes instead of fresh detections
-    (the released ``det_landmarks``). Progress counts both passes.
+    (the released ``det_landmarks``). The second pass reuses the first pass's detections and the
+    landmarks fitted from them (the same calls on the same frame give the same numbers), so it
+    only re-fits the tracked faces. Progress counts both passes.
     """
     if not two_pass:
         return _track(frames, detector, landmarker, min_face, max_gap, progress, source)
-    total = 2 * len(frames)
+    total, memo = 2 * len(frames), {}
     first = _track(frames, detector, landmarker, min_face, max_gap,
-                   (lambda d, t: progress(d, total)) if progress else None, source)
-    seeds = first.boxes[first.valid[:, 0], 0] if len(frames) else None
+                   (lambda d, t: progress(d, total)) if progress else None, source, memo=memo)
+    seeds = first.boxes[first.valid[:, 0], 0]
     return _track(frames, detector, landmarker, min_face, max_gap,
                   (lambda d, t: progress(len(frames) + d, total)) if progress else None, source,
-                  seed_boxes=seeds if seeds is not None and len(seeds) else None)
+                  seed_boxes=seeds if len(seeds) else None, memo=memo)
 
 
-def _track(frames, detector, landmarker, min_face, max_gap, progress, source, seed_boxes=None) -> FaceTracks:
+def _track(frames, detector, landmarker, min_face, max_gap, progress, source, seed_boxes=None,
+           memo: dict | None = None) -> FaceTracks:
+    """One tracking pass. ``memo`` keeps, per frame, the detections and the landmarks fitted from
+    each detected box, so a second pass over the same frames does not compute them again."""
     if len(frames) == 0:
         raise FantasyPortraitError(f"{source} has no frames.")
-    check_frame(np.asarray(frames[0]), f"first frame of {source}")
     tracks: list[_Track] = []
-    total = len(frames)
+    total, frame_hw = len(frames), None
+    memo = {} if memo is None else memo
     for f, frame in enumerate(frames):
         frame = np.asarray(frame)
+        if frame_hw is None:
+            check_frame(frame, f"first frame of {source}")
+            frame_hw = frame.shape[:2]
         bgr = _bgr(frame)
         cands: list[_Candidate] = []
         for t, track in enumerate(tracks):
@@ -153,11 +162,17 @@ def _track(frames, detector, landmarker, min_face, max_gap, progress, source, se
         if f == 0 and seed_boxes is not None:
             boxes = seed_boxes  # the released second pass starts from the first pass's boxes
         else:
-            boxes, _ = detector.detect(frame)
+            if ("det", f) not in memo:
+                memo["det", f] = detector.detect(frame)[0]
+            boxes = memo["det", f]
         for box in boxes:
             diag = float(np.sqrt(np.square(box[2] - box[0]) + np.square(box[3] - box[1])))
             cand = _Candidate(None, None, None, 0.0, LandmarkSmoother(), diag, None)
-            _fit(cand, landmarker.refine(frame, box=box, bgr=bgr), min_face)
+            key = ("box", f, np.asarray(box).tobytes())
+            if key not in memo:
+                memo[key] = landmarker.refine(frame, box=box, bgr=bgr)
+            result = memo[key]
+            _fit(cand, LandmarkResult(result.points.copy(), result.euler, result.prob), min_face)
             cands.append(cand)
         _resolve_overlaps(cands)
 
@@ -205,7 +220,7 @@ def _track(frames, detector, landmarker, min_face, max_gap, progress, source, se
         raise FantasyPortraitError(
             f"No face was found in any of the {total} frames of {source}. Use a clip where the face is "
             f"visible, frontal enough and at least {min_face:g} pixels tall (or lower min_face).")
-    return _assemble(tracks, total, frames[0].shape[:2])
+    return _assemble(tracks, total, frame_hw)
 
 
 def _fill(values: np.ndarray, valid: np.ndarray) -> np.ndarray:

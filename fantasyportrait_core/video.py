@@ -1,13 +1,23 @@
-"""Reading driving clips (PyAV) and writing preview videos."""
+"""Reading driving clips (PyAV) and writing preview videos.
+
+A driving clip is read through :class:`DrivingFrames`: only the frames that are used (a start offset
+and a length, after retiming to a target fps) are decoded, one at a time, each time the frames are
+iterated. Nothing holds the whole clip, so memory does not grow with the clip's length; the frames
+stay at the source resolution because the released face models work on the full frame.
+"""
 
 from __future__ import annotations
 
+import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import FantasyPortraitError, require
+
+RELEASED_LENGTH = 81  # frames the released pipeline uses at most (4k+1)
 
 
 @dataclass
@@ -28,20 +38,32 @@ def resample_indices(num_frames: int, src_fps: float, dst_fps: float) -> np.ndar
     return np.clip(idx, 0, num_frames - 1)
 
 
-def read_video(path: str, max_frames: int | None = None, fps: float | None = None) -> Clip:
-    """Decode a video file to RGB frames; optionally retime to ``fps`` and keep ``max_frames``."""
+def _ffmpeg_message(exc) -> str:
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+def _open(source, name: str):
+    """Open a video with PyAV, naming what is wrong with a file that is not one."""
     av = require("av", "Reading driving videos", "av")
-    if not os.path.isfile(path):
-        raise FantasyPortraitError(f"Driving video not found: {path}")
-    name, size = os.path.basename(path), os.path.getsize(path)
+    if isinstance(source, (str, os.PathLike)):
+        if not os.path.isfile(source):
+            raise FantasyPortraitError(f"Driving video not found: {source}")
+        size = os.path.getsize(source)
+    else:
+        source.seek(0)
+        size = len(source.getbuffer()) if isinstance(source, io.BytesIO) else -1
     if size == 0:
         raise FantasyPortraitError(f"{name} is empty (0 bytes): it was not written or copied completely. Copy or "
                                    "download it again.")
     try:
-        container = av.open(path)
+        return av.open(source)
     except av.error.FFmpegError as exc:
-        with open(path, "rb") as fh:
-            head = fh.read(16)
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as fh:
+                head = fh.read(16)
+        else:
+            source.seek(0)
+            head = source.read(16)
         if head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free"):
             raise FantasyPortraitError(
                 f"{name} is an MP4/MOV video that cannot be opened: it is incomplete (an interrupted download, "
@@ -49,51 +71,173 @@ def read_video(path: str, max_frames: int | None = None, fps: float | None = Non
             ) from exc
         raise FantasyPortraitError(
             f"{name} is not a video file FFmpeg can read ({size} bytes, starting with {head[:8]!r}; FFmpeg: "
-            f"{getattr(exc, 'strerror', None) or exc}). Use a video such as MP4, MOV, WebM or AVI.") from exc
-    with container:
-        if not container.streams.video:
-            raise FantasyPortraitError(f"{name} has no video stream (an audio file?): use a video of the driving face.")
-        stream = container.streams.video[0]
-        src_fps = float(stream.average_rate or stream.guessed_rate or 25.0)
-        # frames needed from the source before retiming
-        limit = None
-        if max_frames is not None:
-            limit = max_frames if fps is None else int(np.ceil(max_frames * src_fps / fps)) + 1
-        frames = []
+            f"{_ffmpeg_message(exc)}). Use a video such as MP4, MOV, WebM or AVI.") from exc
+
+
+def _video_stream(container, name: str):
+    if not container.streams.video:
+        raise FantasyPortraitError(f"{name} has no video stream (an audio file?): use a video of the driving face.")
+    return container.streams.video[0]
+
+
+class DrivingFrames(Sequence):
+    """The used frames of a driving clip as a lazy sequence of RGB uint8 ``[H, W, 3]`` frames.
+
+    ``start`` frames are skipped and ``length`` kept (0 = to the end), counted after retiming to
+    ``fps`` (nearest frame; None keeps the clip's rate). Opening the clip counts its frames from the
+    container's packets without decoding them; every iteration decodes the clip up to the last
+    used frame and converts only the used ones, so at most one decoded frame is held at a time.
+    """
+
+    def __init__(self, source, start: int = 0, length: int = RELEASED_LENGTH, fps: float | None = None,
+                 name: str | None = None):
+        if isinstance(source, (str, os.PathLike)):
+            name = name or os.path.basename(source)
+        self.source, self.name = source, name or "the driving video"
+        if start < 0:
+            raise FantasyPortraitError(f"start_frame must be 0 or more; got {start}.")
+        if fps is not None and not (np.isfinite(fps) and fps > 0):
+            raise FantasyPortraitError(f"fps must be a positive number (or 0 to keep the clip's rate); got {fps}.")
+        with _open(source, self.name) as container:
+            stream = _video_stream(container, self.name)
+            self.source_fps = float(stream.average_rate or stream.guessed_rate or 25.0)
+            self.source_frames = self._count(container, stream)
+            self.height, self.width = int(stream.codec_context.height), int(stream.codec_context.width)
+        if self.source_frames == 0:
+            raise FantasyPortraitError(f"{self.name} contains no video frames: it is empty or incomplete.")
+        retime = fps is not None and abs(fps - self.source_fps) > 1e-3
+        idx = (resample_indices(self.source_frames, self.source_fps, fps) if retime
+               else np.arange(self.source_frames))
+        self.fps = float(fps) if retime else self.source_fps
+        if start >= len(idx):
+            raise FantasyPortraitError(
+                f"start_frame {start} is past the end of {self.name}, which has {len(idx)} frames at {self.fps:g} "
+                "fps: lower start_frame.")
+        self.start = start
+        self.indices = idx[start:start + length] if length else idx[start:]
+
+    @staticmethod
+    def _count(container, stream) -> int:
+        count = 0
+        for packet in container.demux(stream):
+            if packet.size:
+                count += 1
+        return count
+
+    @property
+    def start_seconds(self) -> float:
+        """Time of the first used frame in the source clip."""
+        return float(self.indices[0]) / self.source_fps
+
+    @property
+    def duration(self) -> float:
+        return len(self) / self.fps
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        return self._decode(self.indices)
+
+    def __getitem__(self, item):
+        if isinstance(item, slice):
+            return np.stack(list(self._decode(self.indices[item])))
+        return next(self._decode(self.indices[[item]]))
+
+    def _decode(self, wanted: np.ndarray):
+        av = require("av", "Reading driving videos", "av")
+        if len(wanted) == 0:
+            return
+        order = list(wanted)
+        pos, produced = 0, 0
+        with _open(self.source, self.name) as container:
+            stream = _video_stream(container, self.name)
+            stream.thread_type = "AUTO"
+            try:
+                for i, frame in enumerate(container.decode(stream)):
+                    if i < order[pos]:
+                        continue
+                    rgb = frame.to_ndarray(format="rgb24")
+                    while pos < len(order) and order[pos] == i:
+                        yield rgb
+                        pos, produced = pos + 1, produced + 1
+                    if pos == len(order):
+                        return
+            except av.error.FFmpegError as exc:
+                raise FantasyPortraitError(
+                    f"{self.name} could not be decoded after {produced} frames ({_ffmpeg_message(exc)}): it is "
+                    "damaged or incomplete. Copy or download it again, or re-export it.") from exc
+        if pos < len(order):
+            raise FantasyPortraitError(
+                f"{self.name} ends after {produced} of the {len(order)} frames its index lists: it is damaged or "
+                "incomplete. Copy or download it again, or re-export it.")
+
+    def read(self) -> np.ndarray:
+        """All used frames as one ``[F, H, W, 3]`` array (for short clips)."""
+        return np.stack(list(self))
+
+
+def read_video(path: str, max_frames: int | None = None, fps: float | None = None) -> Clip:
+    """Decode a video file to RGB frames; optionally retime to ``fps`` and keep ``max_frames``."""
+    frames = DrivingFrames(path, 0, max_frames or 0, fps)
+    return Clip(frames=frames.read(), fps=frames.fps, source=path)
+
+
+def read_audio(source, start: float, duration: float | None = None, name: str = "the driving video"):
+    """The audio of ``[start, start + duration)`` seconds as a ComfyUI AUDIO dict (``waveform``
+    ``[1, channels, samples]`` float32, ``sample_rate``), or None when the clip has no audio."""
+    av = require("av", "Reading driving videos", "av")
+    import torch
+
+    with _open(source, name) as container:
+        if not container.streams.audio:
+            return None
+        stream = container.streams.audio[0]
+        rate = int(stream.rate or stream.codec_context.sample_rate)
+        first, last = int(round(start * rate)), None if duration is None else int(round((start + duration) * rate))
+        chunks, at = [], None
         try:
             for frame in container.decode(stream):
-                frames.append(frame.to_ndarray(format="rgb24"))
-                if limit is not None and len(frames) >= limit:
+                data = frame.to_ndarray()
+                if data.dtype.kind in "iu":
+                    data = data.astype(np.float32) / float(np.iinfo(data.dtype).max)
+                if frame.format.is_planar:
+                    data = data.reshape(len(frame.layout.channels), -1)
+                else:
+                    data = data.reshape(-1, len(frame.layout.channels)).T
+                if at is None:
+                    at = int(round(float(frame.pts * stream.time_base) * rate)) if frame.pts is not None else 0
+                begin, end = at, at + data.shape[1]
+                at = end
+                if end <= first:
+                    continue
+                chunks.append(data[:, max(0, first - begin):(None if last is None else max(0, last - begin))])
+                if last is not None and end >= last:
                     break
-        except av.error.FFmpegError as exc:
-            if not frames:
-                raise FantasyPortraitError(
-                    f"{name} opens but its video could not be decoded ({getattr(exc, 'strerror', None) or exc}): it "
-                    "is damaged or incomplete. Copy or download it again, or re-export it.") from exc
-    if not frames:
-        raise FantasyPortraitError(f"{name} contains no video frames: it is empty or incomplete.")
-    out = np.stack(frames)
-    out_fps = src_fps
-    if fps is not None and abs(fps - src_fps) > 1e-3:
-        out = out[resample_indices(len(out), src_fps, fps)]
-        out_fps = float(fps)
-    if max_frames is not None:
-        out = out[:max_frames]
-    return Clip(frames=out, fps=out_fps, source=path)
+        except av.error.FFmpegError:
+            pass  # a damaged audio tail: keep what decoded
+    if not chunks:
+        return None
+    wave = np.concatenate(chunks, 1).astype(np.float32)
+    return {"waveform": torch.from_numpy(np.ascontiguousarray(wave))[None], "sample_rate": rate}
 
 
-def write_video(path: str, frames: np.ndarray, fps: float) -> None:
-    """Write ``[F, H, W, 3]`` uint8 RGB frames as an H.264 (or MPEG-4) video."""
+def write_video(path: str, frames, fps: float) -> None:
+    """Write ``[F, H, W, 3]`` uint8 RGB frames (an array or any sequence of frames) as an H.264 (or
+    MPEG-4) video."""
     av = require("av", "Writing preview videos", "av")
     from fractions import Fraction
 
-    frames = np.asarray(frames)
-    h, w = frames.shape[1] // 2 * 2, frames.shape[2] // 2 * 2
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    stream = None
     with av.open(path, mode="w") as container:
-        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         for frame in frames:
+            frame = np.asarray(frame)
+            if stream is None:
+                h, w = frame.shape[0] // 2 * 2, frame.shape[1] // 2 * 2
+                codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+                stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+                stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
             packet = stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:h, :w]), format="rgb24"))
             container.mux(packet)
-        container.mux(stream.encode())
+        if stream is not None:
+            container.mux(stream.encode())

@@ -42,6 +42,14 @@ def nearest_valid_frame_counts(num_frames: int) -> tuple[int, int]:
     return lower, upper
 
 
+def check_clip_length(length: int, what: str = "length") -> None:
+    """A driving-clip length setting: 0 (the whole clip) or a Wan length, 4k+1."""
+    if length < 0 or (length and not is_valid_frame_count(length)):
+        lower, upper = nearest_valid_frame_counts(max(length, 1))
+        raise FantasyPortraitError(f"{what} must be 0 (the whole clip) or 4k+1 frames, as Wan makes them; got "
+                                   f"{length}: use {lower} or {upper}.")
+
+
 def check_frame_count(num_frames: int) -> None:
     if num_frames < 1:
         raise FantasyPortraitError(
