@@ -52,11 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="detect faces with insightface's SCRFD from this local model folder (optional dependency "
                           "insightface) instead of the released face_det.onnx; landmarks stay the released ones")
     ext.add_argument("--out", required=True, metavar="FEATS.safetensors", help="output file to write")
+    ext.add_argument("--start", type=int, default=0, metavar="N",
+                     help="skip the first N frames of each video (counted after --fps retiming)")
+    ext.add_argument("--frames", type=int, default=81, metavar="N",
+                     help="frames to use from --start: 4k+1, default 81 as released, 0 = the whole clip. Only "
+                          "these frames are decoded, one at a time, so a long clip costs no more memory")
     ext.add_argument("--max-frames", type=int, metavar="N",
-                     help="use at most N frames of each video (after --fps resampling)")
+                     help="use at most N frames (any count) instead of --frames")
     ext.add_argument("--fps", type=float, metavar="FPS",
-                     help="resample the driving clips to this frame rate first (the released code uses 25); by "
-                          "default each clip keeps its own rate, and clips with different rates follow the first")
+                     help="retime the driving clips to this frame rate first (nearest frame). Default: one video "
+                          "keeps its rate; several videos are retimed to 25 fps, as the released multi-person code "
+                          "does")
     ext.add_argument("--persons", type=int, default=0, metavar="N",
                      help="keep the N persons found in most frames of each video (default: all persons found)")
     ext.add_argument("--min-face", type=float, default=96, metavar="PX",
@@ -179,13 +185,17 @@ def _cmd_extract(args) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from .extraction import draw_preview, extract_features, load_face_models
-    from .video import read_video, write_video
+    from .extraction import extract_features, iter_preview, load_face_models
+    from .video import RELEASED_MULTI_FPS, DrivingFrames, write_video
+    from .windows import check_clip_length
 
     if args.max_frames is not None and args.max_frames < 1:
         raise FantasyPortraitError("--max-frames must be at least 1.")
     if args.fps is not None and args.fps <= 0:
         raise FantasyPortraitError("--fps must be positive.")
+    if args.max_frames is None:
+        check_clip_length(args.frames, "--frames")
+    length = args.max_frames if args.max_frames is not None else args.frames
     models = load_face_models(args.models, motion=args.motion_encoder)
     if args.insightface:
         from .faces import InsightFaceDetector
@@ -196,26 +206,23 @@ def _cmd_extract(args) -> int:
     except (RuntimeError, AssertionError) as exc:
         raise FantasyPortraitError(f"Cannot use device {args.device!r}: {exc}") from exc
 
-    clips = []
-    target_fps = args.fps
-    for path in args.video:
-        clip = read_video(path, max_frames=args.max_frames, fps=target_fps)
-        if target_fps is None:
-            target_fps = clip.fps
-        elif abs(clip.fps - target_fps) > 1e-3:
-            print(f"fantasyportrait: {os.path.basename(path)} runs at {clip.fps:g} fps; resampling it to "
-                  f"{target_fps:g} fps to match {os.path.basename(args.video[0])}", file=sys.stderr)
-            clip = read_video(path, max_frames=args.max_frames, fps=target_fps)
-        clips.append(clip)
-    frames = min(len(c.frames) for c in clips)
-    if any(len(c.frames) != frames for c in clips):
-        print(f"fantasyportrait: the videos have {', '.join(str(len(c.frames)) for c in clips)} frames; "
+    target_fps = args.fps if args.fps is not None else (RELEASED_MULTI_FPS if len(args.video) > 1 else None)
+    clips = [DrivingFrames(path, args.start, length, target_fps) for path in args.video]
+    for path, clip in zip(args.video, clips):
+        if abs(clip.source_fps - clip.fps) > 1e-3:
+            print(f"fantasyportrait: {os.path.basename(path)} runs at {clip.source_fps:g} fps; retimed to "
+                  f"{clip.fps:g} fps", file=sys.stderr)
+    target_fps = clips[0].fps
+    frames = min(len(c) for c in clips)
+    if any(len(c) != frames for c in clips):
+        print(f"fantasyportrait: the videos have {', '.join(str(len(c)) for c in clips)} frames; "
               f"all are trimmed to the shortest, {frames}", file=sys.stderr)
+        clips = [DrivingFrames(path, args.start, frames, target_fps) for path in args.video]
 
     results = []
     for k, clip in enumerate(clips):
-        name = os.path.basename(clip.source)
-        result = extract_features(clip.frames[:frames], models, min_face=args.min_face, persons=args.persons,
+        name = clip.name
+        result = extract_features(clip, models, min_face=args.min_face, persons=args.persons,
                                   batch_size=args.batch_size, fps=clip.fps, source=name,
                                   progress=_progress_printer(f"{name}: tracking and encoding"))
         for note in result.notes:
@@ -225,7 +232,7 @@ def _cmd_extract(args) -> int:
         if args.preview:
             root, ext = os.path.splitext(args.preview)
             out = args.preview if len(clips) == 1 else f"{root}_{k + 1}{ext or '.mp4'}"
-            write_video(out, draw_preview(clip.frames[:frames], result.tracks), clip.fps)
+            write_video(out, iter_preview(clip, result.tracks), clip.fps)
             print(f"wrote preview {out}", file=sys.stderr)
 
     tensors = {
@@ -238,7 +245,8 @@ def _cmd_extract(args) -> int:
         "fps": f"{target_fps:g}",
         "num_frames": str(frames),
         "num_persons": str(tensors["features"].shape[0]),
-        "sources": json.dumps([os.path.basename(c.source) for c in clips]),
+        "sources": json.dumps([c.name for c in clips]),
+        "start_frame": str(args.start),
         "persons_per_source": json.dumps([r.tracks.num_persons for r in results]),
         "frame_sizes": json.dumps([list(r.tracks.frame_size) for r in results]),
     }

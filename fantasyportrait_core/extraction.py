@@ -146,23 +146,16 @@ def extract_features(frames, models: FaceModels, min_face: float = DEFAULT_MIN_F
 PERSON_COLOURS = [(230, 60, 60), (60, 160, 230), (80, 200, 80), (230, 180, 40), (180, 90, 220), (40, 200, 200)]
 
 
-def draw_preview(frames, tracks: FaceTracks, landmarks: bool = True, max_side: int | None = None) -> np.ndarray:
-    """Frames with each person's box, id and landmarks drawn (thin box where filled); with
-    ``max_side`` each frame is shrunk so its long side is at most that. ``frames`` (an array or a
-    lazily decoded clip) is iterated once, one frame at a time, so a full-size copy never exists."""
+def iter_preview(frames, tracks: FaceTracks, landmarks: bool = True, max_side: int | None = None):
+    """Yields each frame with every person's box, id and landmarks drawn (thin box where filled),
+    shrunk so its long side is at most ``max_side`` when given. ``frames`` (an array or a lazily
+    decoded clip) is iterated once, one frame at a time."""
     import cv2
 
-    frames = frames_to_uint8(frames)
-    out = None
-    for f, frame in enumerate(frames):
-        frame = np.asarray(frame)
-        height, width = frame.shape[:2]
-        shrink = min(1.0, max_side / max(height, width)) if max_side else 1.0
-        size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
-        if out is None:
-            out = np.empty((len(frames), size[1], size[0], 3), np.uint8)
+    for f, frame in enumerate(frames_to_uint8(frames)):
+        img = np.array(frame, copy=True)
+        height, width = img.shape[:2]
         scale = max(1, round(max(height, width) / 640))
-        img = frame.copy()
         for p in range(tracks.num_persons if f < tracks.num_frames else 0):
             colour = PERSON_COLOURS[p % len(PERSON_COLOURS)]
             x0, y0, x1, y1 = [int(round(v)) for v in tracks.boxes[p, f]]
@@ -174,5 +167,19 @@ def draw_preview(frames, tracks: FaceTracks, landmarks: bool = True, max_side: i
             if landmarks:
                 for x, y in tracks.landmarks[p, f]:
                     cv2.circle(img, (int(round(x)), int(round(y))), scale, colour, -1)
-        out[f] = cv2.resize(img, size, interpolation=cv2.INTER_AREA) if shrink < 1 else img
+        shrink = min(1.0, max_side / max(height, width)) if max_side else 1.0
+        if shrink < 1:
+            size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
+            img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+        yield img
+
+
+def draw_preview(frames, tracks: FaceTracks, landmarks: bool = True, max_side: int | None = None) -> np.ndarray:
+    """All preview frames (see :func:`iter_preview`) as one ``[F, h, w, 3]`` uint8 array; only the
+    (shrunk) previews are held, never a full-size copy of the clip."""
+    out = None
+    for f, img in enumerate(iter_preview(frames, tracks, landmarks, max_side)):
+        if out is None:
+            out = np.empty((len(frames),) + img.shape, np.uint8)
+        out[f] = img
     return out

@@ -202,6 +202,19 @@ def eye_roll(pts: np.ndarray):
     return np.arctan2(right[1] - left[1], right[0] - left[0] + 1e-8)
 
 
+def portrait_faces(image: np.ndarray, detector) -> np.ndarray:
+    """Face boxes ``[N, 4]`` of a portrait (RGB uint8), left to right; a clear error when there is
+    none, since the video would then animate nothing (no face follows the driver)."""
+    check_frame(image, "portrait image")
+    boxes = np.asarray(detector.detect(image)[0]).reshape(-1, 4)
+    if len(boxes) == 0:
+        raise FantasyPortraitError(
+            f"No face was found in the portrait image ({image.shape[1]}x{image.shape[0]}): FantasyPortrait animates "
+            "the face in it, so nothing would follow the driving video. Use a portrait where the face is clearly "
+            "visible, roughly frontal and not tiny (at least about a tenth of the image's height).")
+    return boxes[np.argsort((boxes[:, 0] + boxes[:, 2]) / 2, kind="stable")]
+
+
 @dataclass
 class LandmarkResult:
     points: np.ndarray  # [222, 2] frame pixels

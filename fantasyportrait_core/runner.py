@@ -177,9 +177,11 @@ def fill_inputs(workflow: dict, image: str | None, videos: list[str]) -> dict:
     return wf
 
 
-def apply_overrides(workflow: dict, sets: list[str]) -> dict:
+def apply_overrides(workflow: dict, sets: list[str], notes: list[str] | None = None) -> dict:
     """``NODE.INPUT=VALUE`` overrides: NODE is a node id, a node title or a class type that occurs once;
-    VALUE is read as JSON when it parses (numbers, true/false, lists), else as text."""
+    VALUE is read as JSON when it parses (numbers, true/false, lists), else as text. An input that is
+    connected to another node gets the value instead (e.g. a fixed size instead of Output Size's); a
+    note saying so is added to ``notes``."""
     wf = json.loads(json.dumps(workflow))
     for item in sets or []:
         target, equals, raw = item.partition("=")
@@ -201,13 +203,14 @@ def apply_overrides(workflow: dict, sets: list[str]) -> dict:
         if name not in node["inputs"]:
             raise FantasyPortraitError(f"--set {item!r}: node {ids[0]} ({node['class_type']}) has no input {name!r}; "
                                        f"its inputs: {', '.join(sorted(node['inputs']))}.")
-        if isinstance(node["inputs"][name], list):
-            raise FantasyPortraitError(f"--set {item!r}: {node['class_type']}.{name} is connected to another node, "
-                                       "not a value.")
         try:
             value = json.loads(raw)
         except ValueError:
             value = raw
+        link = node["inputs"][name]
+        if isinstance(link, list) and len(link) == 2 and notes is not None:
+            notes.append(f"--set {item}: {node['class_type']}.{name} now takes this value instead of node "
+                         f"{link[0]}'s output {link[1]}")
         node["inputs"][name] = value
     return wf
 
@@ -344,7 +347,10 @@ def run(server: str, workflow_path: str, image: str | None, videos: list[str], o
         sets: list[str] | None = None) -> str:
     progress = progress or (lambda s: print(s, file=sys.stderr))
     client = ComfyClient(server)
-    wf = apply_overrides(load_workflow(workflow_path), sets)
+    notes = []
+    wf = apply_overrides(load_workflow(workflow_path), sets, notes)
+    for note in notes:
+        progress(note)
     check_workflow(wf, client.get_json("/object_info"))
     image_name = client.upload(image) if image else None
     video_names = [client.upload(v) for v in videos]

@@ -18,6 +18,7 @@ import numpy as np
 from .errors import FantasyPortraitError, require
 
 RELEASED_LENGTH = 81  # frames the released pipeline uses at most (4k+1)
+RELEASED_MULTI_FPS = 25.0  # the released multi-person code re-encodes every driving clip to 25 fps
 
 
 @dataclass

@@ -3,8 +3,13 @@ WanImageToVideo and Multi-Portrait Combine (so the two never need hand-synced wi
 
 from __future__ import annotations
 
+import logging
+
+from ..fantasyportrait_core.faces import portrait_faces, to_uint8
 from ..fantasyportrait_core.sizing import RESOLUTIONS, output_size
 from .common import CATEGORY
+
+log = logging.getLogger("FantasyPortrait")
 
 
 class FantasyPortraitOutputSize:
@@ -15,6 +20,9 @@ class FantasyPortraitOutputSize:
             "resolution": (list(RESOLUTIONS), {"default": "480p", "tooltip": "Wan resolution: the output has about "
                                                "this many pixels (480p: 480x832, 720p: 720x1280) in the portrait's "
                                                "aspect ratio; use the 720p model for 720p."}),
+        }, "optional": {
+            "face_models": ("FANTASYPORTRAIT_FACE_MODELS", {"tooltip": "Optional: check that the portrait has a face "
+                                                           "before anything is sampled (clear error if not)."}),
         }}
 
     RETURN_TYPES = ("INT", "INT")
@@ -26,7 +34,10 @@ class FantasyPortraitOutputSize:
     DESCRIPTION = ("Output size as Wan 2.1 I2V (and the released FantasyPortrait) computes it: the portrait's aspect "
                    "ratio at the chosen resolution's area, each side a multiple of 16, so nothing is cropped away.")
 
-    def size(self, image, resolution):
+    def size(self, image, resolution, face_models=None):
+        if face_models is not None:
+            boxes = portrait_faces(to_uint8(image[0, ..., :3].cpu().numpy()), face_models.detector)
+            log.info("FantasyPortrait: %d face(s) in the portrait", len(boxes))
         return output_size(int(image.shape[2]), int(image.shape[1]), resolution)
 
 

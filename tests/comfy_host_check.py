@@ -11,6 +11,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__))))
 
 from comfy_inproc import boot  # noqa: E402
 
+REPO = os.path.abspath(sys.argv[2])
 H = boot(sys.argv[1], sys.argv[2])
 torch, model, adapter, embeds, portrait, fp = H.torch, H.model, H.adapter, H.embeds, H.portrait, H.fp
 positive, negative, latent, g = H.positive, H.negative, H.latent, H.g
@@ -133,7 +134,7 @@ result["encode_largest_is_person_1"] = bool(torch.equal(largest["embeds"].window
 
 # a driving "video" of one frame is refused by the tracker node (the command line refuses it too)
 try:
-    fp.FantasyPortraitFaceTracker().track(None, torch.zeros(1, 64, 64, 3), 96, 0)
+    fp.FantasyPortraitFaceTracker().track(None, 96, 0, images=torch.zeros(1, 64, 64, 3))
     result["tracker_one_frame_error"] = None
 except Exception as exc:  # noqa: BLE001
     result["tracker_one_frame_error"] = str(exc)
@@ -156,4 +157,51 @@ result["motion_default_identical"] = bool(torch.equal(same["features"], two["fea
 result["motion_person0_untouched"] = bool(torch.equal(edited["features"][0], two["features"][0]))
 result["motion_person1_head_frozen"] = bool((edited["features"][1, :, :6] == two["features"][1, :1, :6]).all())
 result["motion_preview"] = [list(preview.shape), float(preview.min()), float(preview.max())]
+
+# Face Tracker on core's VIDEO (LoadVideo's VideoFromFile): only the used frames, retimed, with audio
+SHARED = os.path.join(os.path.dirname(REPO), "shared")
+MODELS = os.environ.get("FANTASYPORTRAIT_TEST_MODELS") or os.path.join(SHARED, "models")
+CLIP = os.path.join(SHARED, "media", "jgz.mp4")
+if os.path.isfile(os.path.join(MODELS, "face_det.onnx")) and os.path.isfile(CLIP):
+    import numpy as np  # noqa: E402
+    from comfy_api.input_impl import VideoFromFile  # noqa: E402
+
+    from fantasyportrait_pack.fantasyportrait_core.extraction import FaceModels  # noqa: E402
+    from fantasyportrait_pack.fantasyportrait_core.faces import FaceDetector, LandmarkModel  # noqa: E402
+    from fantasyportrait_pack.fantasyportrait_core.video import read_video  # noqa: E402
+
+    faces = FaceModels(FaceDetector(os.path.join(MODELS, "face_det.onnx")),
+                       LandmarkModel(os.path.join(MODELS, "face_landmark.onnx")))
+    tracker = fp.FantasyPortraitFaceTracker()
+    tracks, crops, preview, rate, audio = tracker.track(faces, 96, 0, video=VideoFromFile(CLIP), start_frame=4,
+                                                        length=9, fps=12.0)
+    # the same frames given as IMAGE (decoded whole, retimed to 12 fps, frames 4..12) give the same tracks
+    whole = read_video(CLIP, fps=12.0).frames
+    as_images = tracker.track(faces, 96, 0, images=torch.from_numpy(whole).float() / 255, start_frame=4, length=9)
+    import av  # noqa: E402
+
+    with av.open(CLIP) as c:
+        audio_rate = c.streams.audio[0].rate
+    result["tracker_video"] = {
+        "frames": tracks["tracks"].num_frames, "fps": rate, "preview": list(preview.shape),
+        "crops": list(crops.shape), "same_as_images": bool(np.array_equal(tracks["tracks"].landmarks,
+                                                                         as_images[0]["tracks"].landmarks)),
+        "images_fps": as_images[3], "audio_seconds": audio["waveform"].shape[-1] / audio["sample_rate"],
+        "audio_rate": audio["sample_rate"], "source_audio_rate": audio_rate,
+        "extractor_fps": fp.FantasyPortraitExpressionExtractor.INPUT_TYPES()["optional"]["fps"][1]["default"]}
+    for name, kwargs in (("length", {"length": 10}), ("start", {"start_frame": 500}), ("none", {})):
+        try:
+            tracker.track(faces, 96, 0, **({"video": VideoFromFile(CLIP)} if name != "none" else {}), **kwargs)
+            result[f"tracker_{name}_error"] = None
+        except Exception as exc:  # noqa: BLE001
+            result[f"tracker_{name}_error"] = str(exc)
+    # Output Size with the face models connected: a portrait without a face is refused before sampling
+    try:
+        FantasyPortraitOutputSize().size(torch.full((1, 480, 640, 3), 0.5), "480p", faces)
+        result["portrait_no_face_error"] = None
+    except Exception as exc:  # noqa: BLE001
+        result["portrait_no_face_error"] = str(exc)
+    man = torch.from_numpy(read_video(os.path.join(SHARED, "media", "man.jpeg")).frames).float() / 255
+    result["portrait_with_face_size"] = list(FantasyPortraitOutputSize().size(man, "480p", faces))
+
 print("RESULT " + json.dumps(result))

@@ -63,8 +63,12 @@ def main(comfy_dir, base, shared_models, repo):
     from fantasyportrait_core_shim import motion_state
 
     models = os.path.join(base, "models")
-    for sub in ("diffusion_models", "vae", "fantasyportrait"):
+    for sub in ("diffusion_models", "vae", "fantasyportrait", "text_encoders", "clip_vision"):
         os.makedirs(os.path.join(models, sub), exist_ok=True)
+    # stand-ins for umT5-XXL and CLIP-H (comfy_test_nodes makes the stock loaders return small encoders)
+    for sub, name in (("text_encoders", "fp_test_umt5.safetensors"), ("clip_vision", "fp_test_clip_h.safetensors")):
+        with open(os.path.join(models, sub, name), "wb") as fh:
+            fh.write(b"stand-in")
     write_tiny_wan(os.path.join(models, "diffusion_models", "tiny_wan_i2v.safetensors"))
     write_wan_vae(os.path.join(models, "vae", "wan_2.1_vae.safetensors"))
     save_ckpt(os.path.join(models, "fantasyportrait", "fantasyportrait_model.ckpt"),

@@ -69,6 +69,32 @@ def test_one_frame_driving_video_is_refused_by_the_nodes(host_result):
     assert "The driving video has a single frame; a driving clip needs motion" in host_result["tracker_one_frame_error"]
 
 
+def test_tracker_reads_only_the_used_frames_of_a_core_video(host_result):
+    """jgz.mp4 (15 fps, 59 frames, audio) through the Face Tracker's VIDEO input: retimed to 12 fps, frames
+    4-12 used; the same tracks as when those frames come in as IMAGE; audio from 4/12 s for 0.75 s."""
+    got = host_result.get("tracker_video")
+    if got is None:
+        pytest.skip("real face models or test media not found")
+    assert (got["frames"], got["fps"], got["images_fps"]) == (9, 12.0, 25.0)
+    assert got["preview"] == [9, 512, 512, 3] and got["crops"] == [9, 224, 224, 3]
+    assert got["same_as_images"]
+    assert got["audio_seconds"] == pytest.approx(9 / 12, abs=1e-3) and got["audio_rate"] == got["source_audio_rate"]
+    assert got["extractor_fps"] == 0.0  # 0: the fps comes with the tracks
+    assert "length must be 0 (the whole clip) or 4k+1 frames, as Wan makes them; got 10: use 9 or 13" in \
+        host_result["tracker_length_error"]
+    assert "start_frame 500 is past the end of the driving video, which has 59 frames at 15 fps" in \
+        host_result["tracker_start_error"]
+    assert "Connect the driving clip to the Face Tracker: video (from Load Video) or images" in \
+        host_result["tracker_none_error"]
+
+
+def test_portrait_without_a_face_is_refused(host_result):
+    if "portrait_no_face_error" not in host_result:
+        pytest.skip("real face models or test media not found")
+    assert "No face was found in the portrait image (640x480)" in host_result["portrait_no_face_error"]
+    assert host_result["portrait_with_face_size"][0] % 16 == 0
+
+
 def test_output_size_node(host_result):
     assert host_result["output_size_portrait"] == [464, 832] and host_result["output_size_landscape"] == [832, 464]
 
@@ -260,34 +286,83 @@ def server(tmp_path_factory):
         log.close()
 
 
-def tiny_workflow(tmp, name="fantasyportrait_single", size=(64, 64), **changes):
-    """A shipped API workflow, pointed at the tiny test models."""
-    with open(os.path.join(ROOT, "workflows", "api", f"{name}_api.json")) as fh:
+SHIPPED = ("fantasyportrait_single", "fantasyportrait_two_from_one_video", "fantasyportrait_people_from_videos")
+
+
+def shipped(name="fantasyportrait_single", size=(64, 64), length=9, sets=()):
+    """A shipped API workflow as it is, and the ``--set`` options that point it at the tiny test models:
+    file names, a small size instead of Output Size's 480p, a short frame window and 2 steps."""
+    path = os.path.join(ROOT, "workflows", "api", f"{name}_api.json")
+    with open(path) as fh:
         wf = json.load(fh)
-    wf["1"]["inputs"]["unet_name"] = "tiny_wan_i2v.safetensors"
-    del wf["3"], wf["6"], wf["8"]  # umT5 and CLIP-H cannot be made small: test conditioning instead
-    wf["4"] = {"class_type": "FPTestTextConditioning", "inputs": {"seed": 1}}
-    wf["5"] = {"class_type": "FPTestTextConditioning", "inputs": {"seed": 2}}
-    del wf["18"]["inputs"]["clip_vision_output"]
-    for node in wf.values():
-        if node["class_type"] == "FantasyPortraitEncode":
-            node["inputs"]["num_frames"] = 9
+    items = ["1.unet_name=tiny_wan_i2v.safetensors", "3.clip_name=fp_test_umt5.safetensors",
+             "6.clip_name=fp_test_clip_h.safetensors", "19.steps=2"]
+    for node_id, node in wf.items():
         if node["class_type"] in ("WanImageToVideo", "FantasyPortraitMultiCombine"):
-            node["inputs"].update(width=size[0], height=size[1])
-    wf["19"]["inputs"]["steps"] = 2
-    for node, key, value in changes.get("set", []):
-        wf[node]["inputs"][key] = value
-    path = tmp / f"wf_{len(os.listdir(tmp))}.json"
-    path.write_text(json.dumps(wf))
-    return str(path)
+            items += [f"{node_id}.width={size[0]}", f"{node_id}.height={size[1]}"]
+        if node["class_type"] == "FantasyPortraitFaceTracker":
+            items.append(f"{node_id}.length={length}")
+    return path, items + [f"{n}.{k}={v}" for n, k, v in sets]
 
 
-def run_cli(server, workflow, out, image=None, videos=None):
+def run_cli(server, workflow, out, image=None, videos=None, private=False):
+    """``fantasyportrait run`` on (path, --set items) against the test server, or with no --server (a
+    private ComfyUI on the test server's models)."""
+    path, sets = workflow
     videos = videos or [media_path("jgz.mp4")]
-    return subprocess.run([sys.executable, "-m", "fantasyportrait_core", "run", "--server", server["url"],
-                           "--workflow", workflow, "--image", image or media_path("man.jpeg"),
+    where = (["--comfyui", COMFYUI_DIR, "--comfyui-python", PYTHON, "--comfyui-arg=--cpu",
+              "--comfyui-arg=--disable-api-nodes", "--comfyui-arg=--use-pytorch-cross-attention",
+              "--comfyui-arg=--base-directory", f"--comfyui-arg={server['tmp'] / 'base'}"] if private
+             else ["--server", server["url"]])
+    return subprocess.run([sys.executable, "-m", "fantasyportrait_core", "run", *where, "--workflow", path,
+                           *sum((["--set", item] for item in sets), []),
+                           "--image", image or media_path("man.jpeg"),
                            *sum((["--video", v] for v in videos), []), "--out", str(out), "--timeout", "300"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=400)
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def two_person_clip(server):
+    from fantasyportrait_core.video import read_video, write_video
+
+    clip = server["tmp"] / "two_person_12.mp4"  # a short cut of the two-person clip keeps the tests quick
+    if not clip.exists():
+        write_video(str(clip), read_video(media_path("two_person.mp4"), max_frames=12).frames, 23)
+    return str(clip)
+
+
+def check_video(path, size, frames, fps, audio):
+    """The saved file: size, frame count, frame rate, duration, and whether it has the driving audio."""
+    import av
+
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        assert (video.codec_context.width, video.codec_context.height) == size
+        assert float(video.average_rate) == pytest.approx(fps)
+        assert bool(container.streams.audio) == audio
+        count = sum(1 for _ in container.decode(video))
+        duration = float(video.duration * video.time_base) if video.duration else None
+    assert count == frames
+    if duration is not None:
+        assert duration == pytest.approx(frames / fps, abs=1.5 / fps)
+
+
+def shipped_case(server, name):
+    """Per shipped workflow: the inputs it is run with, and what its saved video must be."""
+    if name == "fantasyportrait_single":  # jgz.mp4: 15 fps with audio; the single graph keeps the clip's rate
+        return dict(image=None, videos=None), ((64, 64), 9, 15.0, True)
+    clip = two_person_clip(server)  # 23 fps, no audio; the multi-person graphs retime to 25 fps (released)
+    videos = [clip] if name == "fantasyportrait_two_from_one_video" else [clip, media_path("jgz.mp4")]
+    return dict(image=media_path("two_person.png"), videos=videos), ((96, 64), 9, 25.0, False)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_workflows_run_against_a_server(server, name):
+    inputs, expect = shipped_case(server, name)
+    out = server["tmp"] / f"{name}.mp4"
+    proc = run_cli(server, shipped(name, size=expect[0]), out, **inputs)
+    assert proc.returncode == 0, proc.stderr[-3000:] + server["log"].read_text()[-3000:]
+    assert "now takes this value instead of node 24's output 0" in proc.stderr  # the size override is said
+    check_video(out, *expect)
 
 
 def test_ui_workflows_load_in_the_real_frontend(server):
@@ -305,47 +380,27 @@ def test_ui_workflows_load_in_the_real_frontend(server):
     assert len(lines) == len(UI_FILES), proc.stdout
 
 
-def test_single_portrait_workflow_end_to_end(server):
-    out = server["tmp"] / "result.mp4"
-    proc = run_cli(server, tiny_workflow(server["tmp"]), out)
-    assert proc.returncode == 0, proc.stderr[-3000:] + server["log"].read_text()[-3000:]
-    import av
-
-    with av.open(str(out)) as container:
-        video = container.streams.video[0]
-        assert (video.codec_context.width, video.codec_context.height) == (64, 64)
-        assert float(video.average_rate) == pytest.approx(15.0)  # the driving clip's fps
-        assert container.streams.audio, "the driving clip's audio is missing"
-        frames = sum(1 for _ in container.decode(video))
-    assert frames == 9
-
-
 def test_resampled_motion_sets_the_video_fps(server):
-    """Encode resamples jgz.mp4's 15 fps motion to 10 fps: the saved video plays at 10 fps (9 frames, 0.9 s)."""
+    """Encode resamples jgz.mp4's 15 fps motion to 10 fps: the saved video plays at 10 fps (9 frames, 0.9 s).
+    The tracker retimes the video itself to 12 fps from frame 5 on: 12 fps, 9 frames, 0.75 s."""
     out = server["tmp"] / "ten_fps.mp4"
-    proc = run_cli(server, tiny_workflow(server["tmp"], set=[("17", "fps", 10.0)]), out)
+    proc = run_cli(server, shipped(sets=[("17", "fps", 10.0), ("13", "length", 17), ("17", "num_frames", 9)]), out)
     assert proc.returncode == 0, proc.stderr[-3000:] + server["log"].read_text()[-3000:]
-    import av
-
-    with av.open(str(out)) as container:
-        video = container.streams.video[0]
-        assert float(video.average_rate) == pytest.approx(10.0)
-        frames = sum(1 for _ in container.decode(video))
-        duration = float(video.duration * video.time_base) if video.duration else frames / 10.0
-    assert frames == 9 and duration == pytest.approx(0.9, abs=0.05)
+    check_video(out, (64, 64), 9, 10.0, True)
+    out = server["tmp"] / "twelve_fps.mp4"
+    proc = run_cli(server, shipped(sets=[("13", "fps", 12.0), ("13", "start_frame", 5)]), out)
+    assert proc.returncode == 0, proc.stderr[-3000:] + server["log"].read_text()[-3000:]
+    check_video(out, (64, 64), 9, 12.0, True)
 
 
-def test_run_without_a_server_starts_and_stops_a_private_comfyui(server):
-    out = server["tmp"] / "private.mp4"
-    proc = subprocess.run(
-        [sys.executable, "-m", "fantasyportrait_core", "run", "--workflow", tiny_workflow(server["tmp"]),
-         "--image", media_path("man.jpeg"), "--video", media_path("jgz.mp4"), "--out", str(out), "--timeout", "300",
-         "--comfyui", COMFYUI_DIR, "--comfyui-python", PYTHON, "--comfyui-arg=--cpu",
-         "--comfyui-arg=--disable-api-nodes", "--comfyui-arg=--use-pytorch-cross-attention",
-         "--comfyui-arg=--base-directory", f"--comfyui-arg={server['tmp'] / 'base'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_workflows_run_with_no_server(server, name):
+    """No --server: a private ComfyUI is started on a free port, runs the job and is stopped."""
+    inputs, expect = shipped_case(server, name)
+    out = server["tmp"] / f"private_{name}.mp4"
+    proc = run_cli(server, shipped(name, size=expect[0]), out, private=True, **inputs)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert out.stat().st_size > 0
+    check_video(out, *expect)
     started = [line for line in proc.stderr.splitlines() if line.startswith("starting ComfyUI from")]
     url = started[0].split(" on ")[1].split(" ")[0]
     assert "stopped the private ComfyUI" in proc.stderr
@@ -355,7 +410,7 @@ def test_run_without_a_server_starts_and_stops_a_private_comfyui(server):
 
 def test_failed_run_reports_the_node_error(server):
     out = server["tmp"] / "never.mp4"
-    proc = run_cli(server, tiny_workflow(server["tmp"], set=[("16", "model_name", "missing.ckpt")]), out)
+    proc = run_cli(server, shipped(sets=[("16", "model_name", "missing.ckpt")]), out)
     assert proc.returncode == 1
     assert "FantasyPortraitModelLoader" in proc.stderr and "missing.ckpt" in proc.stderr
     assert not out.exists()
@@ -364,10 +419,12 @@ def test_failed_run_reports_the_node_error(server):
 def test_cancel_leaves_the_server_healthy(server):
     import threading
 
-    from fantasyportrait_core.runner import ComfyClient, RunError, fill_inputs, load_workflow, run_workflow
+    from fantasyportrait_core.runner import (ComfyClient, RunError, apply_overrides, fill_inputs, load_workflow,
+                                             run_workflow)
 
     client = ComfyClient(server["url"])
-    wf = load_workflow(tiny_workflow(server["tmp"], set=[("19", "steps", 400)]))
+    path, sets = shipped(sets=[("19", "steps", 400)])
+    wf = apply_overrides(load_workflow(path), sets)
     wf = fill_inputs(wf, client.upload(media_path("man.jpeg")), [client.upload(media_path("jgz.mp4"))])
     outcome = {}
     seen = threading.Event()
@@ -389,19 +446,5 @@ def test_cancel_leaves_the_server_healthy(server):
     worker.join(120)
     assert "cancelled" in outcome.get("error", ""), outcome
     out = server["tmp"] / "after_cancel.mp4"
-    proc = run_cli(server, tiny_workflow(server["tmp"]), out)
+    proc = run_cli(server, shipped(), out)
     assert proc.returncode == 0 and out.stat().st_size > 0, proc.stderr[-2000:]
-
-
-def test_two_person_workflow_end_to_end(server):
-    from fantasyportrait_core.video import read_video, write_video
-
-    clip = server["tmp"] / "two_person_12.mp4"  # a short cut of the two-person clip keeps the test quick
-    write_video(str(clip), read_video(media_path("two_person.mp4"), max_frames=12).frames, 23)
-    out = server["tmp"] / "two.mp4"
-    proc = run_cli(server, tiny_workflow(server["tmp"], "fantasyportrait_two_from_one_video", size=(96, 64)), out,
-                   image=media_path("two_person.png"), videos=[str(clip)])
-    assert proc.returncode == 0, proc.stderr[-3000:] + server["log"].read_text()[-3000:]
-    video = read_video(str(out))
-    assert video.frames.shape == (9, 64, 96, 3)
-    assert video.fps == pytest.approx(23.0)  # the drivers' motion rate reaches Create Video

@@ -126,3 +126,85 @@ def test_extract_output_feeds_encode(models_dir, tmp_path, tiny_adapter_state):
     assert main(["encode", "--adapter", str(ckpt), "--features", str(feats), "--out", str(out), "--fit", "trim"]) == 0
     data = load_file(out)
     assert data["tokens"].shape == (1, 5 * 24, 32) and data["windows"].shape == (1, 2, 97, 32)
+
+
+# ---------------------------------------------------------------------------------------------
+# driving clips read lazily: the frame window, retiming, audio, and the tracker's second pass
+
+def test_driving_frames_window_and_retiming():
+    from fantasyportrait_core.video import DrivingFrames
+
+    path = media_path("jgz.mp4")  # 59 frames at 15 fps
+    whole = read_video(path).frames
+    assert whole.shape[0] == 59
+    clip = DrivingFrames(path)  # released default: at most 81 frames
+    assert (len(clip), clip.fps, clip.source_frames) == (59, 15.0, 59)
+    window = DrivingFrames(path, start=10, length=9)
+    assert np.array_equal(window.read(), whole[10:19]) and window.start_seconds == pytest.approx(10 / 15)
+    assert np.array_equal(window[3], whole[13]) and np.array_equal(window[2:4], whole[12:14])
+    retimed = DrivingFrames(path, start=4, length=9, fps=25.0)  # 15 -> 25 fps repeats frames (nearest)
+    idx = resample_indices(59, 15.0, 25.0)[4:13]
+    assert retimed.fps == 25.0 and np.array_equal(retimed.read(), whole[idx])
+    assert len(DrivingFrames(path, length=0)) == 59 and len(DrivingFrames(path, fps=25.0, length=0)) == 98
+    # iterating twice decodes the same frames again (nothing is kept between iterations)
+    assert all(np.array_equal(a, b) for a, b in zip(window, window.read()))
+    with pytest.raises(FantasyPortraitError, match="start_frame 59 is past the end of jgz.mp4, which has 59 frames"):
+        DrivingFrames(path, start=59)
+
+
+def test_audio_of_the_used_window():
+    from fantasyportrait_core.video import read_audio
+
+    path = media_path("jgz.mp4")
+    full = read_audio(path, 0.0)
+    rate = full["sample_rate"]
+    part = read_audio(path, 0.5, 1.0)
+    assert full["waveform"].shape[:2] == (1, 2) and rate == 44100
+    assert part["waveform"].shape == (1, 2, rate)
+    first = int(round(0.5 * rate))
+    torch.testing.assert_close(part["waveform"], full["waveform"][..., first:first + rate], rtol=0, atol=0)
+    assert read_audio(media_path("two_person.mp4"), 0.0) is None  # a clip without sound
+
+
+def test_second_tracking_pass_reuses_the_first_pass_detections(models_dir):
+    from fantasyportrait_core.tracking import track_faces
+    from fantasyportrait_core.video import DrivingFrames
+
+    det = FaceDetector(str(models_dir / "face_det.onnx"))
+    lmk = LandmarkModel(str(models_dir / "face_landmark.onnx"))
+    calls = {"detect": 0, "refine": 0}
+    detect, refine = det.detect, lmk.refine
+
+    def counted_detect(frame):
+        calls["detect"] += 1
+        return detect(frame)
+
+    def counted_refine(frame, **kw):
+        calls["refine"] += 1
+        return refine(frame, **kw)
+
+    frames = DrivingFrames(media_path("jgz.mp4"), length=13)
+    det.detect, lmk.refine = counted_detect, counted_refine
+    tracks = track_faces(frames, det, lmk)
+    det.detect, lmk.refine = detect, refine
+    # pass 1: 13 detections, 13 fits from the box + 12 from the previous frame; pass 2: 1 fit from the
+    # seed box + 12 from the previous frame, and no detection
+    assert calls == {"detect": 13, "refine": 13 + 12 + 1 + 12}
+    assert np.array_equal(tracks.landmarks, track_faces(frames.read(), det, lmk).landmarks)
+
+
+def test_extract_cli_frame_window(models_dir, tmp_path, capsys):
+    out = tmp_path / "feats.safetensors"
+    prev = tmp_path / "preview.mp4"
+    assert main(["extract", "--video", media_path("jgz.mp4"), "--models", str(models_dir), "--out", str(out),
+                 "--start", "20", "--frames", "9", "--preview", str(prev)]) == 0
+    data = load_file(out)
+    with safe_open(out, "pt") as fh:
+        meta = fh.metadata()
+    assert data["features"].shape == (1, 9, 554) and (meta["start_frame"], meta["fps"]) == ("20", "15")
+    assert read_video(str(prev)).frames.shape[:3] == (9, 512, 512)
+    capsys.readouterr()
+    assert main(["extract", "--video", media_path("jgz.mp4"), "--models", str(models_dir), "--out", str(out),
+                 "--frames", "10"]) == 2
+    assert "--frames must be 0 (the whole clip) or 4k+1 frames, as Wan makes them; got 10: use 9 or 13" in \
+        capsys.readouterr().err

@@ -195,9 +195,12 @@ def test_set_errors_name_what_is_wrong():
 
     wf = MODELS_WORKFLOW
     assert apply_overrides(wf, ["KSampler.seed=3", "6.clip_name=other"])["6"]["inputs"]["clip_name"] == "other"
+    notes = []  # a connected input takes the value instead of the link, and says so
+    assert apply_overrides(wf, ["7.model=3"], notes)["7"]["inputs"]["model"] == 3
+    assert notes == [f"--set 7.model=3: KSampler.model now takes this value instead of node "
+                     f"{wf['7']['inputs']['model'][0]}'s output {wf['7']['inputs']['model'][1]}"]
     for item, said in (("seed=3", "write NODE.INPUT=VALUE"), ("99.seed=3", "the workflow has no node '99'"),
                        ("7.steps=3", "node 7 (KSampler) has no input 'steps'; its inputs: model, seed"),
-                       ("7.model=3", "KSampler.model is connected to another node"),
                        ("LoadVideo.file=x.mp4", "2 nodes are called 'LoadVideo' (ids 10, 2)")):
         with pytest.raises(FantasyPortraitError, match=re.escape(said)):
             apply_overrides(wf, [item])

@@ -79,10 +79,12 @@ def test_formats_agree_and_builder_is_current(tmp_path):
         assert sorted(api, key=int) == [str(i) for i in sorted(n["id"] for n in ui["nodes"])]
         for n in ui["nodes"]:
             assert api[str(n["id"])]["class_type"] == n["type"]
-    # the committed files are what the builder writes
-    before = {p: open(p).read() for p in API_FILES + UI_FILES}
-    subprocess.run([sys.executable, os.path.join(WF, "build_workflows.py")], check=True, capture_output=True)
-    assert before == {p: open(p).read() for p in API_FILES + UI_FILES}
+    # the committed files are what the builder writes (built into tmp_path: tests never write the work tree)
+    subprocess.run([sys.executable, os.path.join(WF, "build_workflows.py"), str(tmp_path)], check=True,
+                   capture_output=True)
+    for p in API_FILES + UI_FILES:
+        built = tmp_path / os.path.relpath(p, WF)
+        assert open(p).read() == built.read_text(), f"{p} is not what build_workflows.py writes: run it"
 
 
 def test_single_workflow_uses_released_settings_and_driving_fps():
@@ -93,10 +95,16 @@ def test_single_workflow_uses_released_settings_and_driving_fps():
     assert (sampler["cfg"], sampler["portrait_cfg"], sampler["steps"]) == (1.0, 4.0, 30)
     assert by_type["ModelSamplingSD3"]["inputs"]["shift"] == 5.0
     video = by_type["CreateVideo"]["inputs"]
-    components = [k for k, n in wf.items() if n["class_type"] == "GetVideoComponents"][0]
+    tracker = [k for k, n in wf.items() if n["class_type"] == "FantasyPortraitFaceTracker"][0]
     encode = [k for k, n in wf.items() if n["class_type"] == "FantasyPortraitEncode"][0]
     assert wf[encode]["inputs"]["person"] == -1  # the largest face drives (released rule)
-    assert video["fps"] == [encode, 2] and video["audio"] == [components, 1]  # the motion's fps, the clip's audio
+    # the motion's fps, and the clip's audio from the first used frame on
+    assert video["fps"] == [encode, 2] and video["audio"] == [tracker, 4]
+    # the tracker reads the VIDEO itself (only the used frames), 81 frames at the clip's rate (released)
+    assert not any(n["class_type"] == "GetVideoComponents" for n in wf.values())
+    loader = [k for k, n in wf.items() if n["class_type"] == "LoadVideo"][0]
+    assert {k: wf[tracker]["inputs"][k] for k in ("video", "start_frame", "length", "fps")} == {
+        "video": [loader, 0], "start_frame": 0, "length": 81, "fps": 0.0}
     assert by_type["WanImageToVideo"]["inputs"]["length"][1] == 1  # from FantasyPortrait Encode's num_frames
 
 
@@ -107,6 +115,8 @@ def test_multi_workflows_take_the_fps_of_the_motion():
         combine = [k for k, n in wf.items() if n["class_type"] == "FantasyPortraitMultiCombine"][0]
         video = [n for n in wf.values() if n["class_type"] == "CreateVideo"][0]["inputs"]
         assert video["fps"] == [combine, 3], name
+        trackers = [n["inputs"] for n in wf.values() if n["class_type"] == "FantasyPortraitFaceTracker"]
+        assert trackers and all(t["fps"] == 25.0 and t["length"] == 81 for t in trackers), name  # released
 
 
 def test_sizes_come_from_the_portrait_in_every_workflow():
@@ -116,7 +126,9 @@ def test_sizes_come_from_the_portrait_in_every_workflow():
         size = [k for k, n in wf.items() if n["class_type"] == "FantasyPortraitOutputSize"]
         assert len(size) == 1, name
         image = [k for k, n in wf.items() if n["class_type"] == "LoadImage"][0]
-        assert wf[size[0]]["inputs"] == {"image": [image, 0], "resolution": "480p"}
+        loader = [k for k, n in wf.items() if n["class_type"] == "FantasyPortraitFaceModelLoader"][0]
+        # the portrait's face is checked before sampling
+        assert wf[size[0]]["inputs"] == {"image": [image, 0], "resolution": "480p", "face_models": [loader, 0]}
         for node in wf.values():
             if node["class_type"] in ("WanImageToVideo", "FantasyPortraitMultiCombine"):
                 assert (node["inputs"]["width"], node["inputs"]["height"]) == ([size[0], 0], [size[0], 1]), name

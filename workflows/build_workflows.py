@@ -1,6 +1,6 @@
 """Writes the shareable workflows in both formats from one description.
 
-    python workflows/build_workflows.py
+    python workflows/build_workflows.py [OUT_DIR]   (default: this folder)
 
 UI format (``workflows/*.json``: drag and drop, also listed in ComfyUI's template browser) and API
 format (``workflows/api/*_api.json``: for ``/prompt`` and ``fantasyportrait run``). Model file names
@@ -31,7 +31,8 @@ NODE_DEFS = {
                          ("batch_size", "INT", True), ("clip_vision_output", "CLIP_VISION_OUTPUT", False),
                          ("start_image", "IMAGE", False)],
                         [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent", "LATENT")]),
-    "FantasyPortraitOutputSize": ([("image", "IMAGE", False), ("resolution", "COMBO", True)],
+    "FantasyPortraitOutputSize": ([("image", "IMAGE", False), ("resolution", "COMBO", True),
+                                   ("face_models", "FANTASYPORTRAIT_FACE_MODELS", False)],
                                   [("width", "INT"), ("height", "INT")]),
     "VAEDecode": ([("samples", "LATENT", False), ("vae", "VAE", False)], [("IMAGE", "IMAGE")]),
     "CreateVideo": ([("images", "IMAGE", False), ("fps", "FLOAT", True), ("audio", "AUDIO", False)],
@@ -44,10 +45,11 @@ NODE_DEFS = {
                                         ("motion_encoder", "COMBO", True), ("device", "COMBO", True),
                                         ("insightface_dir", "STRING", True)],
                                        [("face_models", "FANTASYPORTRAIT_FACE_MODELS")]),
-    "FantasyPortraitFaceTracker": ([("face_models", "FANTASYPORTRAIT_FACE_MODELS", False), ("images", "IMAGE", False),
-                                    ("min_face", "INT", True), ("persons", "INT", True)],
+    "FantasyPortraitFaceTracker": ([("face_models", "FANTASYPORTRAIT_FACE_MODELS", False), ("min_face", "INT", True),
+                                    ("persons", "INT", True), ("video", "VIDEO", False), ("images", "IMAGE", False),
+                                    ("start_frame", "INT", True), ("length", "INT", True), ("fps", "FLOAT", True)],
                                    [("tracks", "FANTASYPORTRAIT_TRACKS"), ("aligned_faces", "IMAGE"),
-                                    ("preview", "IMAGE")]),
+                                    ("preview", "IMAGE"), ("fps", "FLOAT"), ("audio", "AUDIO")]),
     "FantasyPortraitExpressionExtractor": ([("face_models", "FANTASYPORTRAIT_FACE_MODELS", False),
                                             ("tracks", "FANTASYPORTRAIT_TRACKS", False), ("fps", "FLOAT", True)],
                                            [("features", "FANTASYPORTRAIT_FEATURES")]),
@@ -79,7 +81,11 @@ NODE_DEFS = {
 OPTIONAL = {("FantasyPortraitMultiCombine", "embeds_3"), ("FantasyPortraitMultiCombine", "embeds_4"),
             ("WanImageToVideo", "clip_vision_output"), ("WanImageToVideo", "start_image"),
             ("CreateVideo", "audio"), ("CLIPLoader", "device"), ("FantasyPortraitEncode", "fps"),
-            ("FantasyPortraitFaceModelLoader", "insightface_dir")}
+            ("FantasyPortraitFaceModelLoader", "insightface_dir"), ("FantasyPortraitFaceTracker", "images"),
+            ("FantasyPortraitFaceTracker", "video"), ("FantasyPortraitOutputSize", "face_models"),
+            ("FantasyPortraitFaceTracker", "start_frame"), ("FantasyPortraitFaceTracker", "length"),
+            ("FantasyPortraitFaceTracker", "fps"),
+            ("FantasyPortraitExpressionExtractor", "fps")}
 # widgets the frontend adds after a given widget (upload buttons, seed control)
 UI_EXTRA_WIDGETS = {("LoadImage", "image"): "image", ("FantasyPortraitSampler", "seed"): "fixed"}
 
@@ -113,7 +119,7 @@ def common(portrait_embeds, num_frames, fps, audio, prompt="a person speaking na
                                               "seed": 42, "steps": 30, "cfg": 1.0, "portrait_cfg": 4.0,
                                               "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}),
         (24, "FantasyPortraitOutputSize", "Output size: the portrait's aspect at 480p",
-         {"image": (7, 0), "resolution": "480p"}),
+         {"image": (7, 0), "resolution": "480p", "face_models": (12, 0)}),
         (20, "VAEDecode", None, {"samples": (19, 0), "vae": (9, 0)}),
         (21, "CreateVideo", "Video at the motion's fps, with the driving audio", {"images": (20, 0), "fps": fps,
                                                                          "audio": audio}),
@@ -122,16 +128,16 @@ def common(portrait_embeds, num_frames, fps, audio, prompt="a person speaking na
     ]
 
 
-def driver(video_id, tracker_id, extractor_id, persons, title="Driving video"):
-    """Load Video -> components -> face tracker (+ preview) -> expression features."""
+def driver(video_id, tracker_id, extractor_id, persons, fps, title="Driving video"):
+    """Load Video -> face tracker (decodes only the used frames; + preview) -> expression features."""
     return [
         (video_id, "LoadVideo", title, {"file": "driving.mp4"}),
-        (video_id + 1, "GetVideoComponents", None, {"video": (video_id, 0)}),
-        (tracker_id, "FantasyPortraitFaceTracker", None, {"face_models": (12, 0), "images": (video_id + 1, 0),
-                                                          "min_face": 96, "persons": persons}),
+        (tracker_id, "FantasyPortraitFaceTracker", None, {"face_models": (12, 0), "min_face": 96, "persons": persons,
+                                                          "video": (video_id, 0), "start_frame": 0, "length": 81,
+                                                          "fps": fps}),
         (tracker_id + 1, "PreviewImage", "Tracked faces", {"images": (tracker_id, 2)}),
         (extractor_id, "FantasyPortraitExpressionExtractor", None, {"face_models": (12, 0), "tracks": (tracker_id, 0),
-                                                                    "fps": (video_id + 1, 2)}),
+                                                                    "fps": 0.0}),
     ]
 
 
@@ -151,7 +157,7 @@ def encode(node_id, features, person):
 
 def single_portrait():
     """One portrait, one driving video: the released single-person setting."""
-    return sorted(common((17, 0), (17, 1), (17, 2), (11, 1)) + LOADERS + driver(10, 13, 15, 0)
+    return sorted(common((17, 0), (17, 1), (17, 2), (13, 4)) + LOADERS + driver(10, 13, 15, 0, 0.0)
                   + [encode(17, (15, 0), -1)], key=lambda n: n[0])  # -1: the largest face drives (released)
 
 
@@ -168,16 +174,16 @@ def combine_node(embeds):
 
 def two_from_one_video():
     """Two people in the portrait, driven by the two people of one driving video (left to right)."""
-    return sorted(common((30, 0), (30, 1), (30, 3), (11, 1), MULTI_PROMPT) + LOADERS + driver(10, 13, 15, 2)
+    return sorted(common((30, 0), (30, 1), (30, 3), (13, 4), MULTI_PROMPT) + LOADERS + driver(10, 13, 15, 2, 25.0)
                   + [encode(17, (15, 0), 0), encode(23, (15, 0), 1)] + combine_node([(17, 0), (23, 0)]),
                   key=lambda n: n[0])
 
 
 def people_from_videos():
     """N people in the portrait, one driving video each (here N = 2; add drivers and connect embeds_3/4 for
-    more). Audio and fps come from the first video."""
-    second = driver(40, 42, 44, 1, "Driving video 2")
-    return sorted(common((30, 0), (30, 1), (30, 3), (11, 1), MULTI_PROMPT) + LOADERS + driver(10, 13, 15, 1)
+    more). Audio and fps come from the first video; both clips are retimed to 25 fps (released)."""
+    second = driver(40, 42, 44, 1, 25.0, "Driving video 2")
+    return sorted(common((30, 0), (30, 1), (30, 3), (13, 4), MULTI_PROMPT) + LOADERS + driver(10, 13, 15, 1, 25.0)
                   + second + [encode(17, (15, 0), 0), encode(23, (44, 0), 0)]
                   + combine_node([(17, 0), (23, 0)]), key=lambda n: n[0])
 
@@ -262,17 +268,20 @@ WORKFLOWS = {
 }
 
 
-def main():
+def main(out_dir=HERE):
+    os.makedirs(os.path.join(out_dir, "api"), exist_ok=True)
     for name, build in WORKFLOWS.items():
         graph = build()
-        with open(os.path.join(HERE, f"{name}.json"), "w") as fh:
+        with open(os.path.join(out_dir, f"{name}.json"), "w") as fh:
             json.dump(to_ui(graph), fh, indent=1)
             fh.write("\n")
-        with open(os.path.join(HERE, "api", f"{name}_api.json"), "w") as fh:
+        with open(os.path.join(out_dir, "api", f"{name}_api.json"), "w") as fh:
             json.dump(to_api(graph), fh, indent=1)
             fh.write("\n")
-        print(f"wrote {name}.json and api/{name}_api.json")
+        print(f"wrote {name}.json and api/{name}_api.json in {out_dir}")
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(sys.argv[1] if len(sys.argv) > 1 else HERE)
