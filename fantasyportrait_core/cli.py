@@ -3,6 +3,7 @@
 ``fantasyportrait extract``: driving videos -> per-person expression features (face pipeline).
 ``fantasyportrait encode``: expression features -> expression tokens and per-latent-frame windows.
 ``fantasyportrait run``: a whole workflow on a ComfyUI server, headless.
+``fantasyportrait batch``: a jobs file over one or many ComfyUI servers, resumably.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import time
 
 from .errors import FantasyPortraitError
 
@@ -129,13 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--server", metavar="URL",
                      help="address of a running ComfyUI, e.g. http://127.0.0.1:8188; without it a private headless "
                           "ComfyUI is started for this run on a free loopback port and stopped afterwards")
-    run.add_argument("--comfyui", metavar="DIR",
-                     help="the ComfyUI to start when there is no --server (default: the one whose custom_nodes/ "
-                          "holds this pack)")
-    run.add_argument("--comfyui-python", metavar="PY",
-                     help="Python of that ComfyUI (default: the Python running this command)")
-    run.add_argument("--comfyui-arg", action="append", default=[], metavar="ARG",
-                     help="extra argument for that ComfyUI's main.py, repeatable (e.g. --comfyui-arg=--lowvram)")
+    _private_server_options(run)
     run.add_argument("--workflow", required=True, metavar="W_api.json",
                      help="API-format workflow, e.g. workflows/fantasyportrait_single_api.json")
     run.add_argument("--image", metavar="IMG", help="portrait image for the workflow's LoadImage node")
@@ -147,7 +144,87 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a workflow input before queueing (repeatable); NODE is a node id or title, "
                           "e.g. --set 19.seed=7 --set 1.unet_name=wan2.1_i2v_720p_14B_fp8_e4m3fn.safetensors")
     run.set_defaults(func=_cmd_run)
+
+    batch = sub.add_parser(
+        "batch",
+        help="run a jobs file (CSV or JSONL) over one or many ComfyUI servers, resumably",
+        description=(
+            "Run every job of a jobs file (one per row: image, video or video/video2/..., optional workflow, "
+            "seed, steps, cfg, portrait_cfg, strength, mapping, size, prompt, set, output) on one or more ComfyUI "
+            "servers. Every row is checked before anything is queued. A manifest (JSONL) records each job's "
+            "state; running the same command again skips the jobs that are done. Exit status 0 only when every "
+            "job is done; Ctrl-C takes this batch's waiting prompts off the servers' queues."),
+    )
+    batch.add_argument("jobs", metavar="JOBS", help="jobs file, .csv (header row) or .jsonl; paths in it are "
+                                                   "relative to it")
+    batch.add_argument("--server", action="append", default=[], metavar="URL",
+                       help="a ComfyUI server, repeatable; with none, a private headless ComfyUI is started")
+    batch.add_argument("--servers-file", metavar="FILE",
+                       help="more servers, one per line: URL [| Name: value | ...] (extra HTTP headers for that "
+                            "server; ${VAR} reads an environment variable)")
+    batch.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                       help="extra HTTP header for every server (e.g. an auth token); never printed or recorded")
+    batch.add_argument("--per-server", type=int, default=1, metavar="N", help="jobs in flight per server (default 1)")
+    batch.add_argument("--out-dir", metavar="DIR", help="where the videos go (default: outputs/ beside the jobs file)")
+    batch.add_argument("--manifest", metavar="FILE", help="manifest file (default: OUT_DIR/manifest.jsonl)")
+    batch.add_argument("--retries", type=int, default=3, metavar="N",
+                       help="attempts after a transient error (server error, out of memory), with backoff (default 3)")
+    batch.add_argument("--timeout", type=float, metavar="S", help="give up a job after S seconds (counts as transient)")
+    batch.add_argument("--dry-run", action="store_true",
+                       help="only check the jobs file (and, with servers, their nodes and model files)")
+    batch.add_argument("--cancel-running", action="store_true",
+                       help="on Ctrl-C also interrupt this batch's running prompts (default: let them finish)")
+    _private_server_options(batch)
+    batch.set_defaults(func=_cmd_batch)
     return parser
+
+
+def _private_server_options(cmd) -> None:
+    cmd.add_argument("--comfyui", metavar="DIR",
+                     help="the ComfyUI to start when there is no --server (default: the one whose custom_nodes/ "
+                          "holds this pack)")
+    cmd.add_argument("--comfyui-python", metavar="PY",
+                     help="Python of that ComfyUI (default: the Python running this command)")
+    cmd.add_argument("--comfyui-arg", action="append", default=[], metavar="ARG",
+                     help="extra argument for that ComfyUI's main.py, repeatable (e.g. --comfyui-arg=--lowvram)")
+
+
+def _status_printer():
+    """One overall progress line: rewritten in place on a terminal, else printed every 10 s."""
+    last = {"t": 0.0, "len": 0}
+
+    def show(text):
+        if sys.stderr.isatty():
+            text = text[:max(20, shutil.get_terminal_size().columns - 1)]
+            sys.stderr.write("\r" + text.ljust(last["len"]))
+            last["len"] = len(text)
+            sys.stderr.flush()
+        elif time.monotonic() - last["t"] > 10:
+            last["t"] = time.monotonic()
+            print(f"[batch] {text}", file=sys.stderr)
+    return show
+
+
+def _cmd_batch(args) -> int:
+    from .batch import load_jobs, parse_servers, run_batch
+    from .runner import PrivateServer, RunError, find_comfyui
+
+    servers = parse_servers(args.server, args.servers_file, args.header)
+    options = dict(out_dir=args.out_dir, manifest=args.manifest, per_server=args.per_server, retries=args.retries,
+                   timeout=args.timeout, dry_run=args.dry_run, cancel_running=args.cancel_running,
+                   status_line=_status_printer())
+    try:
+        if servers or args.dry_run:
+            return run_batch(args.jobs, servers, **options)
+        load_jobs(args.jobs)  # a bad jobs file is reported before a server is started
+        say = lambda s: print(s, file=sys.stderr)  # noqa: E731
+        with PrivateServer(find_comfyui(args.comfyui), args.comfyui_python, args.comfyui_arg, progress=say) as url:
+            code = run_batch(args.jobs, [(url, {})], **options)
+        say("stopped the private ComfyUI")
+        return code
+    except RunError as exc:
+        print(f"fantasyportrait batch: failed: {exc}", file=sys.stderr)
+        return 1
 
 
 def _cmd_run(args) -> int:

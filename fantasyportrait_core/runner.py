@@ -8,6 +8,7 @@ downloads the saved video. A failed run raises :class:`RunError` with ComfyUI's 
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import mimetypes
 import os
@@ -25,37 +26,63 @@ from .errors import FantasyPortraitError
 
 
 class RunError(FantasyPortraitError):
-    """The server refused or failed the workflow."""
+    """The server refused or failed the workflow. ``transient``: worth trying again (a server-side
+    HTTP 5xx, out of memory), as opposed to a failure on the job's own inputs."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
+
+
+class ServerUnreachable(RunError):
+    """The server cannot be reached, or the connection to it was lost."""
+
+
+class PromptVanished(ServerUnreachable):
+    """The prompt is neither queued, running nor in the history: the server was restarted."""
 
 
 class ComfyClient:
-    def __init__(self, server: str, timeout: float = 30.0):
+    """ComfyUI's HTTP API. ``headers`` (e.g. an auth token for a server behind a proxy) go with every
+    request and are never part of a message."""
+
+    def __init__(self, server: str, timeout: float = 30.0, headers: dict | None = None):
         if "://" not in server:
             server = "http://" + server
         self.base = server.rstrip("/")
         self.timeout = timeout
+        self.headers = dict(headers or {})
         self.client_id = uuid.uuid4().hex
 
     def _request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-        req = urllib.request.Request(self.base + path, data=body, method=method, headers=headers or {})
+        req = urllib.request.Request(self.base + path, data=body, method=method,
+                                     headers={**self.headers, **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as r:
                 return r.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")
-            raise RunError(f"{method} {path} failed with HTTP {exc.code}: {_describe_error(detail)}") from None
+            raise RunError(f"{method} {path} failed with HTTP {exc.code}: {_describe_error(detail)}",
+                           transient=exc.code >= 500) from None
         except urllib.error.URLError as exc:
-            raise RunError(f"Cannot reach ComfyUI at {self.base} ({exc.reason}). Is the server running?") from None
+            raise ServerUnreachable(f"Cannot reach ComfyUI at {self.base} ({exc.reason}). Is the server "
+                                    "running?") from None
+        except (ConnectionError, TimeoutError, http.client.HTTPException, OSError) as exc:
+            raise ServerUnreachable(f"Lost the connection to ComfyUI at {self.base} ({exc}).") from None
 
     def get_json(self, path: str):
         return json.loads(self._request("GET", path))
 
-    def upload(self, path: str) -> str:
-        """Upload a file to ComfyUI's input folder; returns the name to put in the workflow."""
+    def post_json(self, path: str, data: dict) -> None:
+        self._request("POST", path, json.dumps(data).encode(), {"Content-Type": "application/json"})
+
+    def upload(self, path: str, name: str | None = None) -> str:
+        """Upload a file to ComfyUI's input folder (as ``name``, default its own name); returns the name
+        to put in the workflow."""
         if not os.path.isfile(path):
             raise FantasyPortraitError(f"Input file not found: {path}")
         boundary = uuid.uuid4().hex
-        name = os.path.basename(path)
+        name = name or os.path.basename(path)
         ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
         with open(path, "rb") as fh:
             data = fh.read()
@@ -101,7 +128,7 @@ def _describe_error(text: str) -> str:
 
 
 class _WebSocket:
-    def __init__(self, base: str, client_id: str, timeout: float = 2.0):
+    def __init__(self, base: str, client_id: str, timeout: float = 2.0, headers: dict | None = None):
         url = urllib.parse.urlparse(base)
         host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
         if url.scheme == "https":
@@ -109,7 +136,8 @@ class _WebSocket:
         self.sock = socket.create_connection((host, port), timeout=5)
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall((f"GET /ws?clientId={client_id} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                           + "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items()) + "\r\n").encode())
         head = b""
         while b"\r\n\r\n" not in head:
             chunk = self.sock.recv(1024)
@@ -275,55 +303,84 @@ def load_workflow(path: str) -> dict:
 def run_workflow(client: ComfyClient, workflow: dict, progress: Callable[[str], None] = lambda s: None,
                  poll: float = 0.5, timeout: float | None = None) -> dict:
     """Queue ``workflow``, follow it, and return its history entry (outputs per node)."""
-    ws = None
-    try:
-        ws = _WebSocket(client.base, client.client_id)
-    except OSError:
-        ws = None
+    ws = open_progress(client)
     try:
         prompt_id = client.queue(workflow)
         progress(f"queued as {prompt_id}")
-        start = time.monotonic()
-        while True:
-            if timeout is not None and time.monotonic() - start > timeout:
-                raise RunError(f"The run did not finish within {timeout:g} s.")
-            if ws is not None:
-                try:
-                    msg = ws.next_message()
-                except socket.timeout:
-                    msg = None
-                except OSError:
-                    ws.close()
-                    ws = None
-                    msg = None
-                if msg and msg.get("data", {}).get("prompt_id", prompt_id) == prompt_id:
-                    kind, data = msg.get("type"), msg.get("data", {})
-                    if kind == "progress":
-                        progress(f"node {data.get('node')}: {data.get('value')}/{data.get('max')}")
-                    elif kind == "executing" and data.get("node"):
-                        progress(f"running node {data['node']}")
-                    elif kind == "execution_error":
-                        raise RunError(_node_error(data))
-                    elif kind == "execution_interrupted":
-                        raise RunError("The run was cancelled on the server.")
-            else:
-                time.sleep(poll)
-            history = client.get_json(f"/history/{prompt_id}")
-            if prompt_id in history:
-                entry = history[prompt_id]
-                status = entry.get("status", {})
-                if status.get("status_str") == "error":
-                    for name, data in status.get("messages", []):
-                        if name == "execution_error":
-                            raise RunError(_node_error(data))
-                        if name == "execution_interrupted":
-                            raise RunError("The run was cancelled on the server.")
-                    raise RunError("The run failed (no error message from ComfyUI).")
-                if status.get("completed", True):
-                    return entry
+        return follow(client, prompt_id, progress, ws, poll=poll, timeout=timeout)
     finally:
         if ws is not None:
             ws.close()
+
+
+def open_progress(client: ComfyClient):
+    """The server's websocket for progress messages, or None (then :func:`follow` polls)."""
+    try:
+        return _WebSocket(client.base, client.client_id, headers=client.headers)
+    except OSError:
+        return None
+
+
+def follow(client: ComfyClient, prompt_id: str, progress: Callable[[str], None] = lambda s: None, ws=None,
+           poll: float = 0.5, timeout: float | None = None, vanish_check: float = 3.0,
+           stop: Callable[[], bool] = lambda: False) -> dict:
+    """Wait for a queued prompt and return its history entry. Progress comes from ``ws`` (a websocket
+    opened before queueing) when there is one. Every ``vanish_check`` seconds a prompt that is not in
+    the history is looked for in the queue; when it is in neither (the server restarted),
+    :class:`PromptVanished` is raised. ``stop()`` returning True ends the wait with a RunError."""
+    start = last_check = time.monotonic()
+    while True:
+        if stop():
+            raise RunError("Stopped before the run finished.")
+        if timeout is not None and time.monotonic() - start > timeout:
+            raise RunError(f"The run did not finish within {timeout:g} s.", transient=True)
+        if ws is not None:
+            try:
+                msg = ws.next_message()
+            except socket.timeout:
+                msg = None
+            except OSError:
+                ws.close()
+                ws = None
+                msg = None
+            if msg and msg.get("data", {}).get("prompt_id", prompt_id) == prompt_id:
+                kind, data = msg.get("type"), msg.get("data", {})
+                if kind == "progress":
+                    progress(f"node {data.get('node')}: {data.get('value')}/{data.get('max')}")
+                elif kind == "executing" and data.get("node"):
+                    progress(f"running node {data['node']}")
+                elif kind == "execution_error":
+                    raise _execution_error(data)
+                elif kind == "execution_interrupted":
+                    raise RunError("The run was cancelled on the server.")
+        else:
+            time.sleep(poll)
+        history = client.get_json(f"/history/{prompt_id}")
+        if prompt_id in history:
+            entry = history[prompt_id]
+            status = entry.get("status", {})
+            if status.get("status_str") == "error":
+                for name, data in status.get("messages", []):
+                    if name == "execution_error":
+                        raise _execution_error(data)
+                    if name == "execution_interrupted":
+                        raise RunError("The run was cancelled on the server.")
+                raise RunError("The run failed (no error message from ComfyUI).")
+            if status.get("completed", True):
+                return entry
+        elif time.monotonic() - last_check > vanish_check:
+            last_check = time.monotonic()
+            queue = client.get_json("/queue")
+            listed = {item[1] for key in ("queue_running", "queue_pending") for item in queue.get(key, [])}
+            if prompt_id not in listed and prompt_id not in client.get_json(f"/history/{prompt_id}"):
+                raise PromptVanished(f"Prompt {prompt_id} is no longer known to {client.base} (the server was "
+                                     "restarted?).")
+
+
+def _execution_error(data: dict) -> RunError:
+    """A node failed: out of memory is worth another try, anything else is about the job's inputs."""
+    kind = str(data.get("exception_type", ""))
+    return RunError(_node_error(data), transient="OutOfMemory" in kind or "OOM" in kind)
 
 
 def _node_error(data: dict) -> str:
