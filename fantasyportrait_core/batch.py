@@ -403,7 +403,16 @@ class Batch:
             return same[0]
         busy = {s.group for s in self.servers if s is not server and s.alive}
         fresh = [j for j in waiting if j.group not in busy]
-        job = (fresh or waiting)[0]
+        if fresh:
+            job = fresh[0]
+        else:  # every waiting job's clip is another server's: help only where at least two of them wait
+            counts = {}
+            for j in waiting:
+                counts[j.group] = counts.get(j.group, 0) + 1
+            shared = [j for j in waiting if counts[j.group] >= 2]
+            if not shared:
+                return None
+            job = [j for j in shared if j.group == shared[0].group][-1]  # from the end: the owner keeps its run
         server.group = job.group
         return job
 

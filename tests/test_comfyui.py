@@ -5,16 +5,16 @@ import glob
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
 
+from comfy_servers import ComfyServer, make_base
 from conftest import COMFYUI_DIR, ROOT, requires_comfyui
 from conftest import COMFYUI_PYTHON as PYTHON
+from media import media_path
 
 UI_FILES = glob.glob(os.path.join(ROOT, "workflows", "*.json"))
 
@@ -192,35 +192,13 @@ def test_context_window_calls_get_their_frames_with_the_anchor(patch_result):
     assert "covers 2 latent frames but its model call has 3" in patch_result["window_mismatch_error"]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_server_lists_every_node(tmp_path):
-    base = tmp_path / "base"
-    (base / "custom_nodes").mkdir(parents=True)
-    os.symlink(ROOT, base / "custom_nodes" / "ComfyUI-FantasyPortrait")
     front = tmp_path / "frontend"
     front.mkdir()
-    port = _free_port()
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen([PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                               "--front-end-root", str(front), "--disable-auto-launch", "--disable-api-nodes",
-                               "--use-pytorch-cross-attention", "--base-directory", str(base)],
-                              cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT)
+    server = ComfyServer(make_base(tmp_path / "base", test_nodes=False), tmp_path / "server.log", front)
     try:
-        info = None
-        for _ in range(120):
-            time.sleep(0.5)
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/object_info", timeout=5) as r:
-                    info = json.load(r)
-                break
-            except OSError:
-                assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-        assert info is not None, "server did not answer"
+        with urllib.request.urlopen(f"{server.url}/object_info", timeout=30) as r:
+            info = json.load(r)
         sys.path.insert(0, os.path.join(ROOT, "workflows"))
         import build_workflows
 
@@ -238,52 +216,25 @@ def test_server_lists_every_node(tmp_path):
                 for inp, spec in section.items():
                     assert len(spec) > 1 and spec[1].get("tooltip"), f"{name}.{inp} has no tooltip"
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
+        server.stop()
 
 
 # ---------------------------------------------------------------------------------------------
 # end to end through the HTTP API and `fantasyportrait run`
 
-from media import media_path, models_dir  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("comfy")
-    base = tmp / "base"
-    (base / "custom_nodes").mkdir(parents=True)
-    os.symlink(ROOT, base / "custom_nodes" / "ComfyUI-FantasyPortrait")
-    os.symlink(os.path.join(ROOT, "tests", "comfy_test_nodes"), base / "custom_nodes" / "fp_test_nodes")
-    made = subprocess.run([PYTHON, os.path.join(ROOT, "tests", "comfy_models.py"), COMFYUI_DIR, str(base),
-                           models_dir(), ROOT], capture_output=True, text=True, timeout=600)
-    assert made.returncode == 0, made.stderr[-3000:]
     front = tmp / "frontend"
     front.mkdir()
-    port = _free_port()
-    log_path = tmp / "server.log"
-    log = open(log_path, "w")
     has_frontend = subprocess.run([PYTHON, "-c", "import comfyui_frontend_package"], capture_output=True).returncode == 0
-    frontend = [] if has_frontend else ["--front-end-root", str(front)]
-    proc = subprocess.Popen([PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), *frontend,
-                             "--disable-auto-launch", "--disable-api-nodes",
-                             "--use-pytorch-cross-attention", "--base-directory", str(base)],
-                            cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    comfy = ComfyServer(make_base(tmp / "base"), tmp / "server.log", None if has_frontend else front)
     try:
-        for _ in range(120):
-            time.sleep(0.5)
-            try:
-                urllib.request.urlopen(url + "/system_stats", timeout=5).read()
-                break
-            except OSError:
-                assert proc.poll() is None, log_path.read_text()[-3000:]
-        yield {"url": url, "tmp": tmp, "log": log_path}
+        yield {"url": comfy.url, "tmp": tmp, "log": comfy.log}
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+        comfy.stop()
 
 
 SHIPPED = ("fantasyportrait_single", "fantasyportrait_two_from_one_video", "fantasyportrait_people_from_videos")

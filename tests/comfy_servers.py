@@ -1,0 +1,69 @@
+"""Real ComfyUI servers for the end-to-end tests: a base folder with the pack, the test-only nodes and
+the tiny models, and headless servers on free loopback ports."""
+
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+
+from conftest import COMFYUI_DIR, ROOT
+from conftest import COMFYUI_PYTHON as PYTHON
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_base(base, models_from=None, test_nodes=True):
+    """``base``/custom_nodes with this pack (and the test-only nodes); ``base``/models with the tiny models,
+    made by tests/comfy_models.py, or linked from another base folder (``models_from``)."""
+    from media import models_dir
+
+    (base / "custom_nodes").mkdir(parents=True)
+    os.symlink(ROOT, base / "custom_nodes" / "ComfyUI-FantasyPortrait")
+    if test_nodes:
+        os.symlink(os.path.join(ROOT, "tests", "comfy_test_nodes"), base / "custom_nodes" / "fp_test_nodes")
+    if models_from is not None:
+        os.symlink(models_from / "models", base / "models")
+    elif test_nodes:
+        made = subprocess.run([PYTHON, os.path.join(ROOT, "tests", "comfy_models.py"), COMFYUI_DIR, str(base),
+                               models_dir(), ROOT], capture_output=True, text=True, timeout=600)
+        assert made.returncode == 0, made.stderr[-3000:]
+    return base
+
+
+class ComfyServer:
+    """A headless ComfyUI on ``base``; ``url``, ``log`` (path), ``stop()``, ``kill()``."""
+
+    def __init__(self, base, log_path, frontend_root=None):
+        self.base, self.log = base, log_path
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        front = [] if frontend_root is None else ["--front-end-root", str(frontend_root)]
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen([PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+                                      *front, "--disable-auto-launch", "--disable-api-nodes",
+                                      "--use-pytorch-cross-attention", "--base-directory", str(base)],
+                                     cwd=COMFYUI_DIR, stdout=self._log, stderr=subprocess.STDOUT)
+        for _ in range(240):
+            time.sleep(0.5)
+            try:
+                urllib.request.urlopen(self.url + "/system_stats", timeout=5).read()
+                return
+            except OSError:
+                assert self.proc.poll() is None, open(log_path).read()[-3000:]
+        raise AssertionError("ComfyUI did not answer:\n" + open(log_path).read()[-3000:])
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+        self._log.close()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+        self._log.close()
