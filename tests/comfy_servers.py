@@ -38,7 +38,7 @@ def make_base(base, models_from=None, test_nodes=True):
 class ComfyServer:
     """A headless ComfyUI on ``base``; ``url``, ``log`` (path), ``stop()``, ``kill()``."""
 
-    def __init__(self, base, log_path, frontend_root=None):
+    def __init__(self, base, log_path, frontend_root=None, env=None):
         self.base, self.log = base, log_path
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -47,7 +47,8 @@ class ComfyServer:
         self.proc = subprocess.Popen([PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                                       *front, "--disable-auto-launch", "--disable-api-nodes",
                                       "--use-pytorch-cross-attention", "--base-directory", str(base)],
-                                     cwd=COMFYUI_DIR, stdout=self._log, stderr=subprocess.STDOUT)
+                                     cwd=COMFYUI_DIR, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
         for _ in range(240):
             time.sleep(0.5)
             try:
