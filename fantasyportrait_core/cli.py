@@ -4,6 +4,7 @@
 ``fantasyportrait encode``: expression features -> expression tokens and per-latent-frame windows.
 ``fantasyportrait run``: a whole workflow on a ComfyUI server, headless.
 ``fantasyportrait batch``: a jobs file over one or many ComfyUI servers, resumably.
+``fantasyportrait setup``: the pack and every model file into a ComfyUI.
 """
 
 from __future__ import annotations
@@ -176,7 +177,34 @@ def build_parser() -> argparse.ArgumentParser:
                        help="on Ctrl-C also interrupt this batch's running prompts (default: let them finish)")
     _private_server_options(batch)
     batch.set_defaults(func=_cmd_batch)
+
+    setup = sub.add_parser(
+        "setup",
+        help="put the pack and every model file the shipped workflows need into a ComfyUI",
+        description=(
+            "Copy the pack into ComfyUI's custom_nodes/, install its requirements into ComfyUI's Python (its torch "
+            "is held), and download the Wan 2.1 and FantasyPortrait model files from Hugging Face into the folders "
+            "ComfyUI reads (extra_model_paths.yaml included), skipping complete files, resuming interrupted ones "
+            "and checking each against the hub's SHA-256. HF_ENDPOINT (a mirror) and HF_TOKEN are honoured."),
+    )
+    setup.add_argument("--comfyui", metavar="DIR", help="the ComfyUI folder (default: the one holding this pack)")
+    setup.add_argument("--comfyui-python", metavar="PY",
+                       help="ComfyUI's Python (default: its venv/.venv or portable Python, else this one)")
+    setup.add_argument("--variant", choices=["fp8", "bf16"], default="fp8",
+                       help="Wan 2.1 I2V 14B weights: fp8_e4m3fn (about 17 GB, default) or bf16 (about 33 GB)")
+    setup.add_argument("--resolution", choices=["480p", "720p"], default="480p", help="Wan 2.1 I2V model (default 480p)")
+    setup.add_argument("--dry-run", action="store_true",
+                       help="list what would be installed and downloaded, where and how large; change nothing "
+                            "(works offline, marking sizes it could not look up)")
+    setup.set_defaults(func=_cmd_setup)
     return parser
+
+
+def _cmd_setup(args) -> int:
+    from .setup import run_setup
+
+    return run_setup(args.comfyui, args.comfyui_python, args.variant, args.resolution, args.dry_run,
+                     say=lambda s: print(s, file=sys.stderr))
 
 
 def _private_server_options(cmd) -> None:

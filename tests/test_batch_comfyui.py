@@ -3,7 +3,6 @@ one- and two-person jobs, resume, bad rows, Ctrl-C, and a server killed mid-batc
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
