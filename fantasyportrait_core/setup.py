@@ -75,6 +75,9 @@ NO_COMFYUI = ("Install ComfyUI first, e.g. with comfy-cli (`pip install comfy-cl
 def find_comfyui(explicit: str | None) -> str:
     from .runner import find_comfyui as find
 
+    if not explicit and os.path.basename(os.path.dirname(PACK_DIR)) != "custom_nodes":
+        raise FantasyPortraitError(f"No ComfyUI found: this pack ({PACK_DIR}) is not inside a ComfyUI's "
+                                   f"custom_nodes/ folder and no --comfyui DIR was given.\n{NO_COMFYUI}")
     try:
         return find(explicit)
     except FantasyPortraitError as exc:

@@ -3,10 +3,11 @@
 import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
+from fake_comfy import JSONHandler
 from fantasyportrait_core import FantasyPortraitError
 from fantasyportrait_core.cli import main
 from fantasyportrait_core.runner import fill_inputs, load_workflow
@@ -30,22 +31,11 @@ OBJECT_INFO = {
 }
 
 
-class FakeComfy(BaseHTTPRequestHandler):
+class FakeComfy(JSONHandler):
     uploads: list = []
     prompts: list = []
     mode = "ok"
     polls = 0
-
-    def log_message(self, *args):
-        pass
-
-    def _json(self, code, obj):
-        body = json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_POST(self):
         data = self.rfile.read(int(self.headers["Content-Length"]))

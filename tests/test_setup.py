@@ -163,6 +163,10 @@ def test_failures_are_named(comfy, hub, monkeypatch, tmp_path, capsys):
     assert main(["setup", "--comfyui", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "is not a ComfyUI folder" in err and "comfy-cli" in err
+    monkeypatch.setattr(fp_setup, "PACK_DIR", str(tmp_path / "somewhere" / "pack"))  # not in a custom_nodes/
+    assert main(["setup"]) == 2
+    err = capsys.readouterr().err
+    assert "No ComfyUI found: this pack" in err and "pip install comfy-cli" in err and "comfy install" in err
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     assert setup(comfy) == 2
     assert "Cannot reach the Hugging Face hub at http://127.0.0.1:9" in capsys.readouterr().err
