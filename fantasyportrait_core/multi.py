@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .errors import FantasyPortraitError
+from .windows import frame_count_of_latent
 
 MOTION_CAP = 0.25
 TOKEN_STRIDE = 16  # pixels per Wan token side: VAE 8 x patch 2
@@ -157,9 +158,10 @@ def common_length(windows: list[torch.Tensor]) -> tuple[list[torch.Tensor], str 
     t = min(lengths)
     if len(set(lengths)) == 1:
         return windows, None
-    frames = [4 * (n - 1) + 1 for n in lengths]
+    frames = [frame_count_of_latent(n) for n in lengths]
     return [w[:, :t] for w in windows], (
-        f"the drivers have {', '.join(map(str, frames))} frames; all were trimmed to the shortest, {4 * (t - 1) + 1}")
+        f"the drivers have {', '.join(map(str, frames))} frames; all were trimmed to the shortest, "
+        f"{frame_count_of_latent(t)}")
 
 
 def combine(windows: list[torch.Tensor], driver_boxes: list[np.ndarray], face_boxes: np.ndarray,
