@@ -39,14 +39,14 @@ def ref_resampler(sd, x, heads):
     return ref_layernorm(out, sd["norm_out.weight"], sd["norm_out.bias"])
 
 
-def ref_tokens(nested, feats):
+def ref_tokens(nested, feats, heads=1):
     """[F, 554] -> [F*24, C] following the released order, with plain tensor ops."""
     pm = nested["proj_model"]
     parts = {"headpose": feats[:, 0:6], "eye": feats[:, 6:12], "emo": feats[:, 12:42], "mouth": feats[:, 42:554]}
     proj = [ref_layernorm(parts[p] @ pm[f"{p}_proj.weight"].T, pm["norm.weight"], pm["norm.bias"])
             for p in ("headpose", "eye", "emo", "mouth")]
-    mouth = ref_resampler(nested["mouth_proj_model"], parts["mouth"][:, None], heads=1)
-    emo = ref_resampler(nested["emo_proj_model"], parts["emo"][:, None], heads=1)
+    mouth = ref_resampler(nested["mouth_proj_model"], parts["mouth"][:, None], heads=heads)
+    emo = ref_resampler(nested["emo_proj_model"], parts["emo"][:, None], heads=heads)
     per_frame = torch.cat([torch.stack(proj, 1), mouth, emo], dim=1)  # [F, 24, C]
     return per_frame.reshape(-1, per_frame.shape[-1])
 
@@ -65,6 +65,21 @@ def test_tokens_match_reference_in_released_order(adapter, tiny_adapter_state):
     for p in range(2):
         ref = ref_tokens(tiny_adapter_state, feats[p])
         torch.testing.assert_close(tokens[p], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_resamplers_use_the_released_head_count():
+    """The released resamplers have 20 heads of 64: an adapter with that attention width is read as 20
+    heads and matches the 20-head reference, which differs clearly from a 1-head reading."""
+    from checkpoint_factory import adapter_state_dict
+
+    state = adapter_state_dict(heads=20, dim_head=64, seed=4)
+    adapter = adapter_from_state_dict(flatten(state))
+    assert adapter.encoder.mouth_proj_model.layers[0][0].heads == 20
+    feats = torch.randn(1, 3, 554, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        tokens = adapter.encoder(feats)[0]
+    torch.testing.assert_close(tokens, ref_tokens(state, feats[0], heads=20), rtol=1e-4, atol=1e-5)
+    assert (tokens - ref_tokens(state, feats[0], heads=1)).abs().max() > 1e-2
 
 
 def test_each_feature_group_moves_only_its_tokens(adapter):

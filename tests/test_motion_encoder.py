@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from fantasyportrait_core import CheckpointError
@@ -39,6 +40,73 @@ def random_state(seed=0):
 @pytest.fixture(scope="module")
 def encoder():
     return motion_encoder_from_state_dict(random_state())
+
+
+# -- an independent implementation of the released FanEncoder, written as plain functions on the state dict
+
+def _bn(sd, p, x):
+    return F.batch_norm(x, sd[p + "running_mean"], sd[p + "running_var"], sd[p + "weight"], sd[p + "bias"], False,
+                        0.0, 1e-5)
+
+
+def _conv(sd, p, x, stride=1, padding=None):
+    w = sd[p + "weight"]
+    return F.conv2d(x, w, sd.get(p + "bias"), stride, w.shape[-1] // 2 if padding is None else padding)
+
+
+def _block(sd, p, x):
+    """Pre-activation block: three BN-ReLU-conv stages concatenated (1/2, 1/4, 1/4 of the output
+    channels), plus the input (through a BN-ReLU-1x1 conv when the channel count changes)."""
+    a = _conv(sd, p + "conv1.", F.relu(_bn(sd, p + "bn1.", x)))
+    b = _conv(sd, p + "conv2.", F.relu(_bn(sd, p + "bn2.", a)))
+    c = _conv(sd, p + "conv3.", F.relu(_bn(sd, p + "bn3.", b)))
+    skip = x if p + "downsample.0.weight" not in sd else _conv(sd, p + "downsample.2.",
+                                                                F.relu(_bn(sd, p + "downsample.0.", x)))
+    return torch.cat([a, b, c], 1) + skip
+
+
+def _hourglass(sd, level, x):
+    upper = _block(sd, f"model.m0.b1_{level}.", x)
+    lower = _block(sd, f"model.m0.b2_{level}.", F.max_pool2d(x, 2))
+    lower = _hourglass(sd, level - 1, lower) if level > 1 else _block(sd, f"model.m0.b2_plus_{level}.", lower)
+    lower = _block(sd, f"model.m0.b3_{level}.", lower)
+    return upper + F.interpolate(lower, size=upper.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _head(sd, p, x):
+    h = F.relu(F.linear(x, sd[p + "0.weight"], sd[p + "0.bias"]))
+    h = F.batch_norm(h, sd[p + "2.running_mean"], sd[p + "2.running_var"], sd[p + "2.weight"], sd[p + "2.bias"],
+                     False, 0.0, 1e-5)
+    return F.linear(h, sd[p + "3.weight"], sd[p + "3.bias"])
+
+
+def reference_fan_encoder(sd, x):
+    """[N, 3, 224, 224] in [-1, 1] -> [N, 554]: head pose 6, eyes 6, emotion 30, mouth 512."""
+    x = F.relu(_bn(sd, "model.bn1.", _conv(sd, "model.conv1.", x, stride=2, padding=3)))
+    x = F.max_pool2d(_block(sd, "model.conv2.", x), 2)
+    x = _block(sd, "model.conv4.", _block(sd, "model.conv3.", x))
+    x = _block(sd, "model.top_m_0.", _hourglass(sd, 4, x))
+    x = _bn(sd, "model.bn_end0.", _conv(sd, "model.conv_last0.", x))
+    heat = _conv(sd, "model.l0.", F.relu(x))
+    net = _conv(sd, "model.conv6.", F.relu(_bn(sd, "model.bn5.", heat)), stride=2, padding=1)
+    net = F.linear(F.relu(net.flatten(1)), sd["model.fc.weight"], sd["model.fc.bias"])
+    embed = lambda name, h: F.linear(F.relu(h), sd[f"{name}.1.weight"], sd[f"{name}.1.bias"])  # noqa: E731
+    return torch.cat([embed("headpose_embed", _head(sd, "to_headpose.", net)),
+                      embed("eye_embed", _head(sd, "to_eye.", net)),
+                      embed("emo_embed", _head(sd, "to_emo.", net)), _head(sd, "to_mouth.", net)], 1)
+
+
+def test_matches_an_independent_implementation_of_the_released_architecture(encoder):
+    sd = random_state(3)
+    model = motion_encoder_from_state_dict(sd)
+    crops = np.random.default_rng(4).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    x = crops_to_tensor(crops)
+    with torch.no_grad():
+        ours, ref = model(x), reference_fan_encoder(sd, x)
+    assert ours.shape == ref.shape == (2, 554)
+    assert float((ours - ref).norm() / ref.norm()) < 1e-5
+    with torch.no_grad():  # and it is not a trivial agreement: a different state gives a different output
+        assert float((reference_fan_encoder(random_state(5), x) - ref).norm() / ref.norm()) > 1e-2
 
 
 def test_module_names_are_the_released_ones():
