@@ -208,6 +208,22 @@ R["windows_bytes"] = state.windows.numel() * state.windows.element_size()
 R["projections_loaded_during_run"] = seen["projections_loaded"]
 R["run_cleared_after"] = state.run is None
 
+
+def interrupt(step, x0, x_, total):  # what ComfyUI's cancel does: the next check raises inside sampling
+    seen["held_when_cancelled"] = state.run.held_bytes() if state.run else None
+    comfy.model_management.interrupt_current_processing(True)
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+try:
+    comfy.sample.sample(applied, comfy.sample.prepare_noise(latent["samples"], 7), 3, 3.0, "euler", "simple",
+                        positive, negative, latent["samples"], callback=interrupt)
+    R["cancel_raised"] = False
+except comfy.model_management.InterruptProcessingException:
+    R["cancel_raised"] = True
+R["held_when_cancelled"] = seen.get("held_when_cancelled")
+R["run_cleared_after_cancel"] = state.run is None
+
 # --- the expression encoder goes through ComfyUI's model management and is freed by it ---
 features = {"features": torch.randn(1, 9, 554, generator=g), "fps": 25.0, "tracks": None}
 fp.FantasyPortraitEncode().encode(adapter, features, 0, 0, "trim", 1.0, 1.0, 1.0)

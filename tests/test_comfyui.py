@@ -187,6 +187,12 @@ def test_memory_held_between_block_calls_and_model_management(patch_result):
     assert patch_result["encoder_dtype"] == "torch.float32"
 
 
+def test_a_cancelled_run_frees_its_per_run_tensors(patch_result):
+    # cancelled at the first step, while the run held its windows: nothing of the run is kept afterwards
+    assert patch_result["cancel_raised"] and patch_result["held_when_cancelled"] == patch_result["windows_bytes"]
+    assert patch_result["run_cleared_after_cancel"]
+
+
 def test_context_window_calls_get_their_frames_with_the_anchor(patch_result):
     assert patch_result["anchored_window_frames"] == [1, 2]
     assert "covers 2 latent frames but its model call has 3" in patch_result["window_mismatch_error"]
