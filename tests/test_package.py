@@ -36,3 +36,36 @@ def test_minimum_comfyui_version_is_declared_and_checked():
     assert "needs ComfyUI 0.3.64 or newer, this is 0.3.60" in message and "not loaded" in message
     assert module.comfyui_too_old("0.3.64") is None and module.comfyui_too_old("0.38.1") is None
     assert module.comfyui_too_old("0.4.0") is None and module.comfyui_too_old("1.0.0-rc1") is None
+
+
+def _load_pack(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "__init__.py"),
+                                                  submodule_search_locations=[ROOT])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+            del sys.modules[key]
+    return module
+
+
+def test_inside_a_broken_or_old_comfyui_the_pack_reports_instead_of_raising(monkeypatch, caplog):
+    """Inside ComfyUI (a ``comfy`` module is importable) a node module that fails to import is logged and
+    leaves the mappings empty, and a ComfyUI older than the minimum is named; neither raises."""
+    import types
+
+    monkeypatch.setitem(sys.modules, "comfy", types.ModuleType("comfy"))  # not a package: node imports fail
+    monkeypatch.setitem(sys.modules, "comfyui_version", types.SimpleNamespace(__version__="0.3.64"))
+    with caplog.at_level("ERROR"):
+        module = _load_pack("fantasyportrait_pack_broken")
+    assert module.NODE_CLASS_MAPPINGS == {}
+    assert "FantasyPortrait: the nodes could not be loaded" in caplog.text and "comfy" in caplog.text
+    caplog.clear()
+    monkeypatch.setitem(sys.modules, "comfyui_version", types.SimpleNamespace(__version__="0.3.40"))
+    with caplog.at_level("ERROR"):
+        module = _load_pack("fantasyportrait_pack_old")
+    assert module.NODE_CLASS_MAPPINGS == {}
+    assert "needs ComfyUI 0.3.64 or newer, this is 0.3.40" in caplog.text
+    assert "could not be loaded" not in caplog.text  # an old ComfyUI is not even tried
