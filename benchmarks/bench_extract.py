@@ -41,9 +41,9 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from fantasyportrait_core.extraction import FaceModels, extract_features  # noqa: E402
-from fantasyportrait_core.faces import FaceDetector, LandmarkModel  # noqa: E402
-from fantasyportrait_core.motion_encoder import MotionEncoder  # noqa: E402
+from fantasyportrait_core.motion.extraction import FaceModels, extract_features  # noqa: E402
+from fantasyportrait_core.faces.models import FaceDetector, LandmarkModel  # noqa: E402
+from fantasyportrait_core.motion.encoder import MotionEncoder  # noqa: E402
 from fantasyportrait_core.video import DrivingFrames, read_video, write_video  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")

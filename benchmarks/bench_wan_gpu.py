@@ -52,9 +52,9 @@ def main():
     sys.path.insert(0, tmp)
     from checkpoint_factory import adapter_state_dict, flatten
     from fantasyportrait_pack.fantasyportrait_core import adapter_from_state_dict
-    from fantasyportrait_pack.fantasyportrait_core.encoding import encode_features
-    from fantasyportrait_pack.fantasyportrait_core.multi import build_mask, query_scales
-    from fantasyportrait_pack.fantasyportrait_core.windows import frame_count_of_latent
+    from fantasyportrait_pack.fantasyportrait_core.tokens.encoding import encode_features
+    from fantasyportrait_pack.fantasyportrait_core.branch.multi import build_mask, query_scales
+    from fantasyportrait_pack.fantasyportrait_core.tokens.windows import frame_count_of_latent
     from fantasyportrait_pack.nodes import nodes_fantasyportrait as fp
 
     torch.set_grad_enabled(False)

@@ -64,9 +64,9 @@ def main():
     tmp = tempfile.mkdtemp()
     os.symlink(ROOT, os.path.join(tmp, "fantasyportrait_pack"))
     sys.path.insert(0, tmp)
-    from fantasyportrait_pack.fantasyportrait_core.attention import AdapterProjections
-    from fantasyportrait_pack.fantasyportrait_core.comfy_wan import PortraitBlockPatch, PortraitState, call_info
-    from fantasyportrait_pack.fantasyportrait_core.multi import build_mask, query_scales
+    from fantasyportrait_pack.fantasyportrait_core.branch.attention import AdapterProjections
+    from fantasyportrait_pack.nodes.wan_patch import PortraitBlockPatch, PortraitState, call_info
+    from fantasyportrait_pack.fantasyportrait_core.branch.multi import build_mask, query_scales
 
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     torch.manual_seed(0)
@@ -130,7 +130,7 @@ def main():
         return call
 
     def branch_only(state):  # the extra work alone: K/V projection + adapter attention for one block call
-        from fantasyportrait_pack.fantasyportrait_core.attention import adapter_cross_attention
+        from fantasyportrait_pack.fantasyportrait_core.branch.attention import adapter_cross_attention
 
         run = state.current_run()
         q = torch.randn(1, t * grid, DIM, dtype=dtype)

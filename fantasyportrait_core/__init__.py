@@ -1,10 +1,10 @@
 """FantasyPortrait core: model and pipeline logic, importable and testable without ComfyUI."""
 
-from .adapter import ExpressionEncoder, GroupScales
-from .attention import adapter_cross_attention, project_window_kv
-from .checkpoints import AdapterBlocks, FantasyPortraitAdapter, adapter_from_state_dict, load_adapter
+from .tokens.adapter import ExpressionEncoder, GroupScales
+from .branch.attention import adapter_cross_attention, project_window_kv
+from .tokens.checkpoint import AdapterBlocks, FantasyPortraitAdapter, adapter_from_state_dict, load_adapter
 from .errors import CheckpointError, FantasyPortraitError, MissingDependencyError
-from .windows import build_windows, check_frame_count, latent_frame_count
+from .tokens.windows import build_windows, check_frame_count, latent_frame_count
 
 __all__ = [
     "AdapterBlocks",

@@ -16,16 +16,16 @@ import comfy.utils
 import folder_paths
 import latent_preview
 
-from ..fantasyportrait_core.adapter import GroupScales
-from ..fantasyportrait_core.checkpoints import load_adapter
-from ..fantasyportrait_core.encoding import PortraitEmbeds, encode_features
+from ..fantasyportrait_core.tokens.adapter import GroupScales
+from ..fantasyportrait_core.tokens.checkpoint import load_adapter
+from ..fantasyportrait_core.tokens.encoding import PortraitEmbeds, encode_features
 from ..fantasyportrait_core.errors import FantasyPortraitError, require_finite
-from ..fantasyportrait_core.extraction import (FaceModels, aligned_crops, check_driving_frames, draw_preview,
+from ..fantasyportrait_core.motion.extraction import (FaceModels, aligned_crops, check_driving_frames, draw_preview,
                                                encode_crops, frames_to_uint8)
-from ..fantasyportrait_core.faces import FaceDetector, LandmarkModel
-from ..fantasyportrait_core.motion_encoder import load_motion_encoder
-from ..fantasyportrait_core.tracking import keep_persons, largest_person, track_faces
-from ..fantasyportrait_core.windows import (check_clip_length, fit_frame_count, frame_count_of_latent,
+from ..fantasyportrait_core.faces.models import FaceDetector, LandmarkModel
+from ..fantasyportrait_core.motion.encoder import load_motion_encoder
+from ..fantasyportrait_core.faces.tracking import keep_persons, largest_person, track_faces
+from ..fantasyportrait_core.tokens.windows import (check_clip_length, fit_frame_count, frame_count_of_latent,
                                             nearest_valid_frame_counts)
 from .common import CATEGORY, FOLDER, Progress, adapter_files, adapter_path, register_model_folder
 
@@ -99,7 +99,7 @@ class FantasyPortraitFaceModelLoader:
         providers = ["CPUExecutionProvider"] if device == "cpu" else None
         enc = load_motion_encoder(paths[2])
         if insightface_dir.strip():
-            from ..fantasyportrait_core.faces import InsightFaceDetector
+            from ..fantasyportrait_core.faces.models import InsightFaceDetector
 
             det = InsightFaceDetector(insightface_dir.strip(), providers=providers)
         else:
@@ -208,7 +208,7 @@ class FantasyPortraitExpressionExtractor:
     DESCRIPTION = "Runs the PD-FGC motion encoder on every aligned face: per person, 554 numbers per frame."
 
     def extract(self, face_models, tracks, fps=0.0):
-        from ..fantasyportrait_core.comfy_wan import load_managed, managed_module
+        from .wan_patch import load_managed, managed_module
 
         require_finite(fps=fps)
         t, crops = tracks["tracks"], tracks["crops"].reshape(-1, 224, 224, 3)
@@ -255,7 +255,7 @@ class FantasyPortraitEncode:
     DESCRIPTION = "Turns expression features into per-latent-frame token windows for the patched Wan model."
 
     def encode(self, adapter, features, person, num_frames, frame_fit, proj_scale, mouth_scale, emo_scale, fps=0.0):
-        from ..fantasyportrait_core.comfy_wan import load_managed, managed_module
+        from .wan_patch import load_managed, managed_module
         from ..fantasyportrait_core.video import resample_indices
 
         require_finite(proj_scale=proj_scale, mouth_scale=mouth_scale, emo_scale=emo_scale, fps=fps)
@@ -318,8 +318,8 @@ class FantasyPortraitEncode:
 
 
 def _patch(model, adapter, portrait_embeds, strength, start_percent, end_percent):
-    from ..fantasyportrait_core.comfy_wan import apply_portrait
-    from ..fantasyportrait_core.multi import token_grid
+    from .wan_patch import apply_portrait
+    from ..fantasyportrait_core.branch.multi import token_grid
 
     size = portrait_embeds.get("size")
     grid = token_grid(*size) if size is not None and portrait_embeds.get("mask") is not None else None
@@ -367,7 +367,7 @@ GUIDE_INPUTS = {
 
 
 def _guider(model, positive, negative, cfg, portrait_cfg):
-    from ..fantasyportrait_core.comfy_wan import PortraitGuider
+    from .wan_patch import PortraitGuider
 
     guider = PortraitGuider(model)
     guider.set_cfg(cfg, portrait_cfg)
@@ -465,7 +465,7 @@ class FantasyPortraitMultiCombine:
 
     def combine(self, face_models, image, width, height, embeds_1, embeds_2, mapping, background, strengths,
                 embeds_3=None, embeds_4=None):
-        from ..fantasyportrait_core.multi import (combine, draw_regions, map_boxes_to_output, parse_mapping,
+        from ..fantasyportrait_core.branch.multi import (combine, draw_regions, map_boxes_to_output, parse_mapping,
                                                   parse_strengths)
 
         drivers = [e for e in (embeds_1, embeds_2, embeds_3, embeds_4) if e is not None]

@@ -1,5 +1,5 @@
 """FantasyPortrait Motion Control: per-component edits of the motion features (head pose, eyes,
-emotion, mouth) between the Expression Extractor and Encode. Logic in ``fantasyportrait_core.motion_control``."""
+emotion, mouth) between the Expression Extractor and Encode. Logic in ``fantasyportrait_core.motion.control``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import torch
 
 from ..fantasyportrait_core.errors import FantasyPortraitError
-from ..fantasyportrait_core.motion_control import (COMPONENTS, MODES, ComponentControl, MotionControl,
+from ..fantasyportrait_core.motion.control import (COMPONENTS, MODES, ComponentControl, MotionControl,
                                                    apply_motion_control, draw_motion_preview)
 from .common import CATEGORY
 

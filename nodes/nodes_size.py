@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from ..fantasyportrait_core.faces import portrait_faces, to_uint8
+from ..fantasyportrait_core.faces.models import portrait_faces, to_uint8
 from ..fantasyportrait_core.sizing import RESOLUTIONS, output_size
 from .common import CATEGORY
 

@@ -16,7 +16,7 @@ H = boot(sys.argv[1], sys.argv[2])
 torch, model, adapter, embeds, portrait, fp = H.torch, H.model, H.adapter, H.embeds, H.portrait, H.fp
 positive, negative, latent, g = H.positive, H.negative, H.latent, H.g
 import nodes  # noqa: E402
-from fantasyportrait_pack.fantasyportrait_core.attention import adapter_cross_attention, project_window_kv  # noqa: E402
+from fantasyportrait_pack.fantasyportrait_core.branch.attention import adapter_cross_attention, project_window_kv  # noqa: E402
 
 result = {"nodes": sorted(H.pack.NODE_CLASS_MAPPINGS)}
 
@@ -84,8 +84,8 @@ torch.set_grad_enabled(False)
 handle = block.cross_attn.register_forward_hook(hook, with_kwargs=True)
 reference = block(x, e=e, freqs=freqs, context=ctx, context_img_len=257)
 handle.remove()
-from fantasyportrait_pack.fantasyportrait_core.comfy_wan import PortraitBlockPatch, PortraitState  # noqa: E402
-from fantasyportrait_pack.fantasyportrait_core.attention import AdapterProjections  # noqa: E402
+from fantasyportrait_pack.nodes.wan_patch import PortraitBlockPatch, PortraitState  # noqa: E402
+from fantasyportrait_pack.fantasyportrait_core.branch.attention import AdapterProjections  # noqa: E402
 from comfy_inproc import call_block_patch  # noqa: E402
 import comfy.model_patcher  # noqa: E402
 
@@ -104,7 +104,7 @@ result["context_window_equal"] = bool(torch.equal(
 result["block_branch_rel_effect"] = float((reference - block(x, e=e, freqs=freqs, context=ctx, context_img_len=257)).norm()
                                           / reference.norm())
 # FantasyPortrait Encode: fps resampling, length fitting, clear errors
-from fantasyportrait_pack.fantasyportrait_core.tracking import FaceTracks  # noqa: E402
+from fantasyportrait_pack.fantasyportrait_core.faces.tracking import FaceTracks  # noqa: E402
 import numpy as np  # noqa: E402
 
 tracks = FaceTracks(np.tile(np.array([10, 10, 50, 50], np.float32), (1, 17, 1)), np.zeros((1, 17, 222, 2), np.float32),
@@ -166,8 +166,8 @@ if os.path.isfile(os.path.join(MODELS, "face_det.onnx")) and os.path.isfile(CLIP
     import numpy as np  # noqa: E402
     from comfy_api.input_impl import VideoFromFile  # noqa: E402
 
-    from fantasyportrait_pack.fantasyportrait_core.extraction import FaceModels  # noqa: E402
-    from fantasyportrait_pack.fantasyportrait_core.faces import FaceDetector, LandmarkModel  # noqa: E402
+    from fantasyportrait_pack.fantasyportrait_core.motion.extraction import FaceModels  # noqa: E402
+    from fantasyportrait_pack.fantasyportrait_core.faces.models import FaceDetector, LandmarkModel  # noqa: E402
     from fantasyportrait_pack.fantasyportrait_core.video import read_video  # noqa: E402
 
     faces = FaceModels(FaceDetector(os.path.join(MODELS, "face_det.onnx")),

@@ -31,8 +31,8 @@ def boot(comfy_dir: str, repo: str) -> types.SimpleNamespace:
     from checkpoint_factory import adapter_state_dict, flatten
     from comfy_models import write_tiny_wan
     from fantasyportrait_pack.fantasyportrait_core import adapter_from_state_dict
-    from fantasyportrait_pack.fantasyportrait_core import comfy_wan
-    from fantasyportrait_pack.fantasyportrait_core.encoding import encode_features
+    from fantasyportrait_pack.nodes import wan_patch as comfy_wan
+    from fantasyportrait_pack.fantasyportrait_core.tokens.encoding import encode_features
     from fantasyportrait_pack.nodes import nodes_fantasyportrait as fp
 
     model = comfy.sd.load_diffusion_model(write_tiny_wan(os.path.join(tmp, "tiny_wan_i2v.safetensors")))
@@ -54,7 +54,7 @@ def boot(comfy_dir: str, repo: str) -> types.SimpleNamespace:
 
 def call_block_patch(patch, dm, x, e, freqs, ctx, frames=None, context_img_len=257):
     """Call a portrait block patch as WanModel.forward_orig does (the host's block as original_block)."""
-    from fantasyportrait_pack.fantasyportrait_core.comfy_wan import call_info
+    from fantasyportrait_pack.nodes.wan_patch import call_info
 
     block = dm.blocks[patch.index]
     info = call_info(patch.state, patch.state.current_run(), x.shape[0], x.device, dm, frames=frames)

@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def motion_state(seed=0, he=False):
     """Random PD-FGC weights (scale 0.05). ``he=True``: fan-in (He) scaled weights, unit norms and zero
     biases, so that every output component moves with the face (at scale 0.05 the head pose is constant)."""
-    from fantasyportrait_core.motion_encoder import MotionEncoder
+    from fantasyportrait_core.motion.encoder import MotionEncoder
 
     g = torch.Generator().manual_seed(seed)
     out = {}

@@ -11,9 +11,9 @@ import time
 import pytest
 
 from fake_comfy import FakeComfy
-from fantasyportrait_core.batch import load_jobs, parse_servers, run_batch
-from fantasyportrait_core.cli import main
-from fantasyportrait_core.runner import MODEL_FOLDERS
+from fantasyportrait_core.tools.batch import load_jobs, parse_servers, run_batch
+from fantasyportrait_core.tools.cli import main
+from fantasyportrait_core.tools.runner import MODEL_FOLDERS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SINGLE = os.path.join(ROOT, "workflows", "api", "fantasyportrait_single_api.json")

@@ -172,7 +172,7 @@ HTML_PAGE = b"\n<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>
     (bytes(range(256)) * 8, "not a"),
 ])
 def test_downloads_that_are_not_model_files_are_named(tmp_path, name, content, said):
-    from fantasyportrait_core.motion_encoder import load_motion_encoder
+    from fantasyportrait_core.motion.encoder import load_motion_encoder
 
     path = tmp_path / name
     path.write_bytes(content)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from checkpoint_factory import save_ckpt
 from fantasyportrait_core import build_windows, load_adapter
-from fantasyportrait_core.cli import build_parser, main
+from fantasyportrait_core.tools.cli import build_parser, main
 
 ROOT = __import__("conftest").ROOT
 

@@ -376,7 +376,7 @@ def test_failed_run_reports_the_node_error(server):
 def test_cancel_leaves_the_server_healthy(server):
     import threading
 
-    from fantasyportrait_core.runner import (ComfyClient, RunError, apply_overrides, fill_inputs, load_workflow,
+    from fantasyportrait_core.tools.runner import (ComfyClient, RunError, apply_overrides, fill_inputs, load_workflow,
                                              run_workflow)
 
     client = ComfyClient(server["url"])

@@ -9,9 +9,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from fantasyportrait_core import FantasyPortraitError
-from fantasyportrait_core.cli import main
-from fantasyportrait_core.extraction import FaceModels, draw_preview, extract_features
-from fantasyportrait_core.faces import FaceDetector, LandmarkModel
+from fantasyportrait_core.tools.cli import main
+from fantasyportrait_core.motion.extraction import FaceModels, draw_preview, extract_features
+from fantasyportrait_core.faces.models import FaceDetector, LandmarkModel
 from fantasyportrait_core.video import read_video, resample_indices, write_video
 from media import media_path, model_path
 from test_motion_encoder import random_state
@@ -59,7 +59,7 @@ def test_extract_cli_two_videos_common_length_and_fps(models_dir, tmp_path, caps
 def test_features_do_not_depend_on_batch_size(models_dir):
     models = FaceModels(FaceDetector(str(models_dir / "face_det.onnx")),
                         LandmarkModel(str(models_dir / "face_landmark.onnx")))
-    from fantasyportrait_core.motion_encoder import motion_encoder_from_state_dict
+    from fantasyportrait_core.motion.encoder import motion_encoder_from_state_dict
     models.motion_encoder = motion_encoder_from_state_dict(random_state())
     frames = read_video(media_path("jgz.mp4"), max_frames=5).frames
     a = extract_features(frames, models, batch_size=5).features
@@ -167,7 +167,7 @@ def test_audio_of_the_used_window():
 
 
 def test_second_tracking_pass_reuses_the_first_pass_detections(models_dir):
-    from fantasyportrait_core.tracking import track_faces
+    from fantasyportrait_core.faces.tracking import track_faces
     from fantasyportrait_core.video import DrivingFrames
 
     det = FaceDetector(str(models_dir / "face_det.onnx"))

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from fantasyportrait_core import FantasyPortraitError
-from fantasyportrait_core.align import ALIGN_LANDMARKS, ALIGN_TEMPLATE, align_face, alignment_matrix
-from fantasyportrait_core.faces import FaceDetector, LandmarkModel, LandmarkSmoother, landmark_box
-from fantasyportrait_core.tracking import keep_persons, track_faces
+from fantasyportrait_core.faces.align import ALIGN_LANDMARKS, ALIGN_TEMPLATE, align_face, alignment_matrix
+from fantasyportrait_core.faces.models import FaceDetector, LandmarkModel, LandmarkSmoother, landmark_box
+from fantasyportrait_core.faces.tracking import keep_persons, track_faces
 from fantasyportrait_core.video import read_video
 from media import media_path, model_path, read_rgb
 
@@ -171,7 +171,7 @@ def test_insightface_backend_reports_missing_dependency(tmp_path):
     import importlib.util
 
     from fantasyportrait_core import MissingDependencyError
-    from fantasyportrait_core.faces import InsightFaceDetector
+    from fantasyportrait_core.faces.models import InsightFaceDetector
 
     if importlib.util.find_spec("insightface") is not None:
         with pytest.raises(FantasyPortraitError, match="No insightface model found"):
@@ -186,7 +186,7 @@ def test_insightface_backend_loads_a_local_scrfd_folder(tmp_path):
     pytest.importorskip("onnx", reason="onnx is needed to write the small SCRFD-signature model")
     from scrfd_factory import write_scrfd
 
-    from fantasyportrait_core.faces import InsightFaceDetector
+    from fantasyportrait_core.faces.models import InsightFaceDetector
 
     (tmp_path / "quiet").mkdir()
     (tmp_path / "busy").mkdir()
@@ -205,7 +205,7 @@ def test_insightface_backend_loads_a_local_scrfd_folder(tmp_path):
 def test_largest_face_drives_like_the_released_rule(two_person, jgz):
     """The released single-person pipeline drives with the largest face of each frame; the pack picks the
     person who is largest in most frames and reports the frames where someone else is larger."""
-    from fantasyportrait_core.tracking import largest_person
+    from fantasyportrait_core.faces.tracking import largest_person
 
     _, tracks = two_person
     area = (tracks.boxes[..., 2] - tracks.boxes[..., 0]) * (tracks.boxes[..., 3] - tracks.boxes[..., 1])

@@ -7,9 +7,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fantasyportrait_core import FantasyPortraitError, adapter_from_state_dict
-from fantasyportrait_core.encoding import encode_features
-from fantasyportrait_core.features import FEATURE_SLICES
-from fantasyportrait_core.motion_control import (ComponentControl, MotionControl, apply_motion_control,
+from fantasyportrait_core.tokens.encoding import encode_features
+from fantasyportrait_core.motion.features import FEATURE_SLICES
+from fantasyportrait_core.motion.control import (ComponentControl, MotionControl, apply_motion_control,
                                                  draw_motion_preview, gaussian_smooth, parse_component)
 from media import media_path, model_path
 
@@ -18,9 +18,9 @@ COMPONENTS = list(FEATURE_SLICES)
 
 @pytest.fixture(scope="module")
 def motion():
-    from fantasyportrait_core.extraction import FaceModels, extract_features
-    from fantasyportrait_core.faces import FaceDetector, LandmarkModel
-    from fantasyportrait_core.motion_encoder import motion_encoder_from_state_dict
+    from fantasyportrait_core.motion.extraction import FaceModels, extract_features
+    from fantasyportrait_core.faces.models import FaceDetector, LandmarkModel
+    from fantasyportrait_core.motion.encoder import motion_encoder_from_state_dict
     from fantasyportrait_core.video import read_video
     from fantasyportrait_core_shim import motion_state
 
@@ -133,7 +133,7 @@ def test_encode_cli_motion_control_and_preview(motion, tmp_path, tiny_adapter_st
     import cv2
 
     from checkpoint_factory import save_ckpt
-    from fantasyportrait_core.cli import main
+    from fantasyportrait_core.tools.cli import main
 
     feats = tmp_path / "feats.safetensors"
     save_file({"features": motion.contiguous()}, str(feats))

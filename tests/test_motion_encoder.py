@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from fantasyportrait_core import CheckpointError
 from fantasyportrait_core_shim import motion_state
-from fantasyportrait_core.motion_encoder import (MotionEncoder, crops_to_tensor, load_motion_encoder,
+from fantasyportrait_core.motion.encoder import (MotionEncoder, crops_to_tensor, load_motion_encoder,
                                                  motion_encoder_from_state_dict)
 
 # a sample of the released pd_fpg.pth key names and shapes

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fantasyportrait_core import FantasyPortraitError, adapter_cross_attention
-from fantasyportrait_core.multi import (build_mask, combine, common_length, expand_region, label_map,
+from fantasyportrait_core.branch.multi import (build_mask, combine, common_length, expand_region, label_map,
                                         map_boxes_to_output, motion_margins, parse_mapping, parse_strengths,
                                         token_grid, token_labels)
 
@@ -90,7 +90,7 @@ def test_no_leakage_between_three_persons(setup):
 def test_per_person_strength_scales_only_that_region(setup):
     g, width, height, t, q, wk, wv, windows = setup
     tokens = layout(width, height, [[0, 0, 80, 128], [176, 0, 256, 128]])
-    from fantasyportrait_core.multi import query_scales
+    from fantasyportrait_core.branch.multi import query_scales
 
     mask = build_mask(tokens, 2, WIN, t)
     base = run(q, torch.cat(windows[:2], 2), mask, wk, wv)
@@ -167,9 +167,9 @@ def test_combine_counts_must_fit():
 
 
 def test_real_two_person_regions():
-    from fantasyportrait_core.faces import FaceDetector, LandmarkModel
-    from fantasyportrait_core.multi import draw_regions
-    from fantasyportrait_core.tracking import track_faces
+    from fantasyportrait_core.faces.models import FaceDetector, LandmarkModel
+    from fantasyportrait_core.branch.multi import draw_regions
+    from fantasyportrait_core.faces.tracking import track_faces
     from fantasyportrait_core.video import read_video
     from media import media_path, model_path, read_rgb
 

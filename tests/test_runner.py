@@ -9,8 +9,8 @@ import pytest
 
 from fake_comfy import JSONHandler
 from fantasyportrait_core import FantasyPortraitError
-from fantasyportrait_core.cli import main
-from fantasyportrait_core.runner import fill_inputs, load_workflow
+from fantasyportrait_core.tools.cli import main
+from fantasyportrait_core.tools.runner import fill_inputs, load_workflow
 
 WORKFLOW = {
     "1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}},
@@ -181,7 +181,7 @@ def test_unknown_node_types_are_reported(fake, capsys):
 
 
 def test_set_errors_name_what_is_wrong():
-    from fantasyportrait_core.runner import apply_overrides
+    from fantasyportrait_core.tools.runner import apply_overrides
 
     wf = MODELS_WORKFLOW
     assert apply_overrides(wf, ["KSampler.seed=3", "6.clip_name=other"])["6"]["inputs"]["clip_name"] == "other"
@@ -197,7 +197,7 @@ def test_set_errors_name_what_is_wrong():
 
 
 def test_private_server_needs_a_comfyui(tmp_path, capsys):
-    from fantasyportrait_core.runner import find_comfyui
+    from fantasyportrait_core.tools.runner import find_comfyui
 
     (tmp_path / "notcomfy").mkdir()
     with pytest.raises(FantasyPortraitError, match="notcomfy is not a ComfyUI folder"):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fantasyportrait_core import FantasyPortraitError, build_windows, latent_frame_count
-from fantasyportrait_core.windows import fit_frame_count, window_indices
+from fantasyportrait_core.tokens.windows import fit_frame_count, window_indices
 
 
 def labelled_tokens(frames, n=24):

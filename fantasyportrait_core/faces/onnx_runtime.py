@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
-from .errors import FantasyPortraitError, require
+from ..errors import FantasyPortraitError, require
 
 _SESSIONS: dict = {}
 _LOCK = threading.Lock()

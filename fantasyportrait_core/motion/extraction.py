@@ -9,12 +9,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .align import CROP_SIZE, align_face
-from .errors import FantasyPortraitError
-from .faces import DEFAULT_MIN_FACE, FaceDetector, LandmarkModel, to_uint8
-from .motion_encoder import MotionEncoder, crops_to_tensor, load_motion_encoder
-from .tracking import FaceTracks, keep_persons, track_faces
-from .video import DrivingFrames
+from ..faces.align import CROP_SIZE, align_face
+from ..errors import FantasyPortraitError
+from ..faces.models import DEFAULT_MIN_FACE, FaceDetector, LandmarkModel, to_uint8
+from .encoder import MotionEncoder, crops_to_tensor, load_motion_encoder
+from ..faces.tracking import FaceTracks, keep_persons, track_faces
+from ..video import DrivingFrames
 
 MODEL_FILES = {"detector": "face_det.onnx", "landmarks": "face_landmark.onnx", "motion": "pd_fpg.pth"}
 

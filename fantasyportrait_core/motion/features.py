@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import FantasyPortraitError
+from ..errors import FantasyPortraitError
 
 HEADPOSE_DIM = 6
 EYE_DIM = 6

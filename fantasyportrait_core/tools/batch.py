@@ -24,13 +24,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from .errors import FantasyPortraitError
+from ..errors import FantasyPortraitError
+from . import PACK_DIR
 from .runner import (ComfyClient, RunError, ServerUnreachable, apply_overrides, check_workflow,
                      fill_inputs, follow, load_workflow, open_progress, saved_files)
 
 SHIPPED = {"single": "fantasyportrait_single", "two_from_one_video": "fantasyportrait_two_from_one_video",
            "people_from_videos": "fantasyportrait_people_from_videos"}
-WORKFLOW_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows", "api")
+WORKFLOW_DIR = os.path.join(PACK_DIR, "workflows", "api")
 
 #: named columns -> (value type, [(node class, input)] the value goes to; the first class present wins)
 NAMED = {

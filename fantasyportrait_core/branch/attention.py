@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .errors import FantasyPortraitError
+from ..errors import FantasyPortraitError
 
 
 def project_window_kv(windows: torch.Tensor, k_weight: torch.Tensor, v_weight: torch.Tensor):

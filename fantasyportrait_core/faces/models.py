@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import FantasyPortraitError
-from .onnx_models import check_io, get_session
+from ..errors import FantasyPortraitError
+from .onnx_runtime import check_io, get_session
 
 DET_INPUT_HW = (272, 160)
 DET_MEAN = np.array([103.53, 116.28, 123.675], dtype=np.float32)
@@ -338,8 +338,8 @@ class InsightFaceDetector:
         import glob
         import os
 
-        from .errors import require
-        from .onnx_models import default_providers
+        from ..errors import require
+        from .onnx_runtime import default_providers
 
         require("insightface", "The insightface detector backend", "insightface")
         from insightface.app import FaceAnalysis

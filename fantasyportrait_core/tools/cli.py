@@ -16,7 +16,7 @@ import shutil
 import sys
 import time
 
-from .errors import FantasyPortraitError
+from ..errors import FantasyPortraitError
 
 
 def _positive_float(text: str) -> float:
@@ -290,9 +290,9 @@ def _cmd_extract(args) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from .extraction import extract_features, iter_preview, load_face_models
-    from .video import RELEASED_MULTI_FPS, DrivingFrames, write_video
-    from .windows import check_clip_length
+    from ..motion.extraction import extract_features, iter_preview, load_face_models
+    from ..video import RELEASED_MULTI_FPS, DrivingFrames, write_video
+    from ..tokens.windows import check_clip_length
 
     if args.max_frames is not None and args.max_frames < 1:
         raise FantasyPortraitError("--max-frames must be at least 1.")
@@ -303,7 +303,7 @@ def _cmd_extract(args) -> int:
     length = args.max_frames if args.max_frames is not None else args.frames
     models = load_face_models(args.models, motion=args.motion_encoder)
     if args.insightface:
-        from .faces import InsightFaceDetector
+        from ..faces.models import InsightFaceDetector
 
         models.detector = InsightFaceDetector(args.insightface)
     try:
@@ -366,11 +366,11 @@ def _cmd_encode(args) -> int:
     from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
 
-    from .adapter import GroupScales
-    from .checkpoints import load_adapter
-    from .encoding import encode_features
-    from .motion_control import MotionControl, apply_motion_control, draw_motion_preview, parse_component
-    from .windows import fit_frame_count
+    from ..tokens.adapter import GroupScales
+    from ..tokens.checkpoint import load_adapter
+    from ..tokens.encoding import encode_features
+    from ..motion.control import MotionControl, apply_motion_control, draw_motion_preview, parse_component
+    from ..tokens.windows import fit_frame_count
 
     if not os.path.isfile(args.features):
         raise FantasyPortraitError(f"Features file not found: {args.features}")

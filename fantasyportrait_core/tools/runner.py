@@ -22,7 +22,7 @@ import urllib.request
 import uuid
 from typing import Callable
 
-from .errors import FantasyPortraitError
+from ..errors import FantasyPortraitError
 
 
 class RunError(FantasyPortraitError):
@@ -437,7 +437,8 @@ def find_comfyui(explicit: str | None = None) -> str:
             raise FantasyPortraitError(f"{folder} is not a ComfyUI folder (it has no main.py and comfy/): give the "
                                        "folder that holds ComfyUI's main.py.")
         return folder
-    pack = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    from . import PACK_DIR as pack
+
     parent = os.path.dirname(pack)
     if os.path.basename(parent) == "custom_nodes" and os.path.isfile(os.path.join(parent, "..", "main.py")):
         return os.path.abspath(os.path.join(parent, ".."))

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import torch
 
-from .errors import FantasyPortraitError
+from ..errors import FantasyPortraitError
 from .features import FEATURE_SLICES, split_features
 
 MODES = ("follow", "freeze", "scale")

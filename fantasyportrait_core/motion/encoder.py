@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoints import MOTION_ENCODER_PREFIX, _key_error, read_state_dict
-from .errors import CheckpointError
+from ..weights import key_error, read_state_dict
+from ..errors import CheckpointError
+
+MOTION_ENCODER_PREFIX = "pd_fpg."  # the motion encoder inside the single-file FantasyPortrait safetensors
 
 
 def _conv3x3(cin, cout):
@@ -144,7 +146,7 @@ def motion_encoder_from_state_dict(state: dict, name: str = "pd_fpg.pth", dtype=
     missing = sorted(k for k in expected if k not in state)
     unexpected = sorted(k for k in state if k not in expected)
     if missing or unexpected:
-        raise _key_error(name, missing, unexpected, "PD-FGC motion encoder (pd_fpg.pth)")
+        raise key_error(name, missing, unexpected, "PD-FGC motion encoder (pd_fpg.pth)")
     bad = [f"{k}: {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
            if state[k].shape != v.shape]
     if bad:

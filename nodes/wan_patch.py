@@ -33,9 +33,9 @@ import comfy.model_patcher
 import comfy.patcher_extension
 import comfy.samplers
 
-from .attention import AdapterProjections, adapter_cross_attention
-from .errors import FantasyPortraitError, require_finite
-from .windows import check_latent_fit
+from ..fantasyportrait_core.branch.attention import AdapterProjections, adapter_cross_attention
+from ..fantasyportrait_core.errors import FantasyPortraitError, require_finite
+from ..fantasyportrait_core.tokens.windows import check_latent_fit
 
 log = logging.getLogger("FantasyPortrait")
 

@@ -24,8 +24,8 @@ import math
 import numpy as np
 import torch
 
-from .errors import FantasyPortraitError
-from .windows import frame_count_of_latent
+from ..errors import FantasyPortraitError
+from ..tokens.windows import frame_count_of_latent
 
 MOTION_CAP = 0.25
 TOKEN_STRIDE = 16  # pixels per Wan token side: VAE 8 x patch 2
@@ -203,7 +203,7 @@ def draw_regions(image: np.ndarray, regions, face_boxes=None) -> np.ndarray:
     """Preview: each person's region tinted in its colour and numbered (uint8 RGB)."""
     import cv2
 
-    from .extraction import PERSON_COLOURS
+    from ..motion.extraction import PERSON_COLOURS
 
     out = image.astype(np.float32).copy()
     for i, (x0, y0, x1, y1) in enumerate(regions):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import FantasyPortraitError
+from ..errors import FantasyPortraitError
 
 VAE_TEMPORAL_STRIDE = 4
 

@@ -21,9 +21,9 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from .errors import FantasyPortraitError, require
+from ..errors import FantasyPortraitError, require
+from . import PACK_DIR
 
-PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACK_NAME = "ComfyUI-FantasyPortrait"
 WAN = "Comfy-Org/Wan_2.1_ComfyUI_repackaged"
 FANTASY = "acvlab/FantasyPortrait"

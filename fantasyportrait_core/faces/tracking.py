@@ -19,8 +19,8 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import FantasyPortraitError
-from .faces import (DEFAULT_MIN_FACE, FACE_PROB_THRESHOLD, OVERLAP_IOU, FaceDetector, LandmarkModel,
+from ..errors import FantasyPortraitError
+from .models import (DEFAULT_MIN_FACE, FACE_PROB_THRESHOLD, OVERLAP_IOU, FaceDetector, LandmarkModel,
                     LandmarkResult, LandmarkSmoother, _bgr, check_frame, landmark_box)
 
 REATTACH_IOU = 0.3

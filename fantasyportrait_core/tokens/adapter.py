@@ -9,7 +9,7 @@ Per video frame the released adapter turns the 554-wide PD-FGC feature into 24 t
 * ``emo_proj_model``: the same with 4 queries on the 30-d emotion feature -> 4 tokens.
 
 Tokens are frame-major: ``[B, F*24, C]`` with frame f's tokens at ``24f .. 24f+23``.
-All dimensions are read from the checkpoint's tensor shapes (see :mod:`.checkpoints`), so a
+All dimensions are read from the checkpoint's tensor shapes (see :mod:`.checkpoint`), so a
 small checkpoint in the released key layout builds a small model.
 """
 
@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import FantasyPortraitError
-from .features import split_features
+from ..errors import FantasyPortraitError
+from ..motion.features import split_features
 
 PROJ_PARTS = ("headpose", "eye", "emo", "mouth")
 
