@@ -22,7 +22,8 @@ from ..fantasyportrait_core.tokens.encoding import PortraitEmbeds, encode_featur
 from ..fantasyportrait_core.errors import FantasyPortraitError, require_finite
 from ..fantasyportrait_core.motion.extraction import (FaceModels, aligned_crops, check_driving_frames, draw_preview,
                                                encode_crops, frames_to_uint8)
-from ..fantasyportrait_core.faces.models import FaceDetector, LandmarkModel
+from ..fantasyportrait_core.branch.conditioning import PortraitConditioning
+from ..fantasyportrait_core.faces.models import FaceDetector, LandmarkModel, portrait_faces
 from ..fantasyportrait_core.motion.encoder import load_motion_encoder
 from ..fantasyportrait_core.faces.tracking import keep_persons, largest_person, track_faces
 from ..fantasyportrait_core.tokens.windows import (check_clip_length, fit_frame_count, frame_count_of_latent,
@@ -313,7 +314,7 @@ class FantasyPortraitEncode:
             boxes = boxes[:embeds.num_frames]
             if len(boxes) < embeds.num_frames:
                 boxes = np.concatenate([boxes, np.repeat(boxes[-1:], embeds.num_frames - len(boxes), 0)])
-        return ({"embeds": embeds, "mask": None, "fps": rate, "driver_boxes": boxes}, embeds.num_frames,
+        return (PortraitConditioning(embeds, fps=rate, driver_boxes=boxes), embeds.num_frames,
                 float(rate or DEFAULT_FPS))
 
 
@@ -321,10 +322,12 @@ def _patch(model, adapter, portrait_embeds, strength, start_percent, end_percent
     from .wan_patch import apply_portrait
     from ..fantasyportrait_core.branch.multi import token_grid
 
-    size = portrait_embeds.get("size")
-    grid = token_grid(*size) if size is not None and portrait_embeds.get("mask") is not None else None
-    return apply_portrait(model, adapter, portrait_embeds["embeds"].windows, strength, start_percent, end_percent,
-                          portrait_embeds.get("mask"), portrait_embeds.get("query_scale"), grid=grid, size=size)
+    if not isinstance(portrait_embeds, PortraitConditioning):
+        raise FantasyPortraitError("portrait_embeds must come from FantasyPortrait Encode or Multi-Portrait Combine.")
+    size, mask = portrait_embeds.size, portrait_embeds.mask
+    grid = token_grid(*size) if size is not None and mask is not None else None
+    return apply_portrait(model, adapter, portrait_embeds.embeds.windows, strength, start_percent, end_percent,
+                          mask, portrait_embeds.query_scale, grid=grid, size=size)
 
 
 PATCH_INPUTS = {
@@ -469,39 +472,36 @@ class FantasyPortraitMultiCombine:
                                                   parse_strengths)
 
         drivers = [e for e in (embeds_1, embeds_2, embeds_3, embeds_4) if e is not None]
-        if any(d.get("driver_boxes") is None for d in drivers):
+        if any(not isinstance(d, PortraitConditioning) or d.driver_boxes is None for d in drivers):
             raise FantasyPortraitError("Every input must come from FantasyPortrait Encode (it carries the driver's "
                                        "face boxes).")
         portrait = frames_to_uint8(image[:1])[0]
-        boxes, _ = face_models.detector.detect(portrait)
-        if len(boxes) == 0:
-            raise FantasyPortraitError("No face was found in the portrait image.")
-        boxes = boxes[np.argsort((boxes[:, 0] + boxes[:, 2]) / 2)]
+        boxes = portrait_faces(portrait, face_models.detector)
         if len(boxes) != len(drivers):
             raise FantasyPortraitError(
                 f"The portrait has {len(boxes)} faces but {len(drivers)} drivers are connected: connect one "
                 "FantasyPortrait Encode per face.")
         faces = map_boxes_to_output(boxes, (portrait.shape[1], portrait.shape[0]), (width, height))
-        out = combine([d["embeds"].windows for d in drivers], [d["driver_boxes"] for d in drivers], faces, width,
+        out = combine([d.embeds.windows for d in drivers], [d.driver_boxes for d in drivers], faces, width,
                       height, parse_mapping(mapping, len(drivers)), background,
                       parse_strengths(strengths, len(drivers)))
         for note in out["notes"]:
             log.warning("FantasyPortrait: %s", note)
-        fps = {d.get("fps") for d in drivers if d.get("fps")}
+        fps = {d.fps for d in drivers if d.fps}
         if len(fps) > 1:
             log.warning("FantasyPortrait: the drivers have different frame rates (%s); the output uses one rate, so "
                         "some drivers play faster or slower. Resample the clips to one rate first.", sorted(fps))
         t_lat = out["windows"].shape[1]
-        frames, per_frame = frame_count_of_latent(t_lat), drivers[0]["embeds"].tokens_per_frame
-        tokens = torch.cat([d["embeds"].tokens[:, :frames * per_frame] for d in drivers])
+        frames, per_frame = frame_count_of_latent(t_lat), drivers[0].embeds.tokens_per_frame
+        tokens = torch.cat([d.embeds.tokens[:, :frames * per_frame] for d in drivers])
         embeds = PortraitEmbeds(tokens=tokens, windows=out["windows"], num_frames=frames, tokens_per_frame=per_frame)
         import comfy.utils
 
         resized = comfy.utils.common_upscale(image[:1].movedim(-1, 1), width, height, "bilinear", "center").movedim(1, -1)
         preview = draw_regions(frames_to_uint8(resized)[0], out["regions"], faces)
-        result = {"embeds": embeds, "mask": out["mask"], "query_scale": out["query_scale"], "size": (width, height),
-                  "fps": drivers[0].get("fps"), "driver_boxes": None}
-        return (result, embeds.num_frames, _to_image(preview[None]), float(drivers[0].get("fps") or DEFAULT_FPS))
+        result = PortraitConditioning(embeds, fps=drivers[0].fps, mask=out["mask"], query_scale=out["query_scale"],
+                                      size=(width, height))
+        return (result, embeds.num_frames, _to_image(preview[None]), float(drivers[0].fps or DEFAULT_FPS))
 
 
 NODE_CLASS_MAPPINGS = {

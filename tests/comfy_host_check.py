@@ -112,7 +112,7 @@ tracks = FaceTracks(np.tile(np.array([10, 10, 50, 50], np.float32), (1, 17, 1)),
 features = {"features": torch.randn(1, 17, 554, generator=g), "fps": 30.0, "tracks": tracks}
 encode = fp.FantasyPortraitEncode().encode
 emb, n, rate = encode(adapter, features, 0, 0, "trim", 1.0, 1.0, 1.0, fps=15.0)
-result["encode_resampled_frames"] = [n, emb["fps"], list(emb["driver_boxes"].shape), rate]
+result["encode_resampled_frames"] = [n, emb.fps, list(emb.driver_boxes.shape), rate]
 emb, n, rate = encode(adapter, features, 0, 21, "pad", 1.0, 1.0, 1.0)
 result["encode_source_fps"] = rate
 result["encode_padded_frames"] = n
@@ -130,7 +130,7 @@ tracks2 = FaceTracks(boxes2, np.zeros((2, 17, 222, 2), np.float32), np.ones((2, 
 features2 = {"features": torch.randn(2, 17, 554, generator=g), "fps": 25.0, "tracks": tracks2}
 largest = encode(adapter, features2, -1, 0, "trim", 1.0, 1.0, 1.0)[0]
 second = encode(adapter, features2, 1, 0, "trim", 1.0, 1.0, 1.0)[0]
-result["encode_largest_is_person_1"] = bool(torch.equal(largest["embeds"].windows, second["embeds"].windows))
+result["encode_largest_is_person_1"] = bool(torch.equal(largest.embeds.windows, second.embeds.windows))
 
 # a driving "video" of one frame is refused by the tracker node (the command line refuses it too)
 try:

@@ -31,6 +31,7 @@ def boot(comfy_dir: str, repo: str) -> types.SimpleNamespace:
     from checkpoint_factory import adapter_state_dict, flatten
     from comfy_models import write_tiny_wan
     from fantasyportrait_pack.fantasyportrait_core import adapter_from_state_dict
+    from fantasyportrait_pack.fantasyportrait_core.branch.conditioning import PortraitConditioning
     from fantasyportrait_pack.nodes import wan_patch as comfy_wan
     from fantasyportrait_pack.fantasyportrait_core.tokens.encoding import encode_features
     from fantasyportrait_pack.nodes import nodes_fantasyportrait as fp
@@ -49,7 +50,7 @@ def boot(comfy_dir: str, repo: str) -> types.SimpleNamespace:
     return types.SimpleNamespace(
         torch=torch, tmp=tmp, pack=fantasyportrait_pack, fp=fp, cw=comfy_wan, model=model, g=g,
         positive=positive, negative=negative, latent={"samples": torch.zeros(1, 16, 3, 8, 10)}, adapter=adapter,
-        embeds=embeds, portrait={"embeds": embeds, "mask": None}, write_tiny_wan=write_tiny_wan)
+        embeds=embeds, portrait=PortraitConditioning(embeds), write_tiny_wan=write_tiny_wan)
 
 
 def call_block_patch(patch, dm, x, e, freqs, ctx, frames=None, context_img_len=257):

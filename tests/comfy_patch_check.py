@@ -2,6 +2,7 @@
 ComfyUI users compose it (Apply before the Sampler, clones, other model patches, other guidance
 patches, wrong inputs, model management). argv: COMFYUI_DIR REPO_DIR. Prints one JSON object."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -96,10 +97,10 @@ R["length_error_ksampler"] = error_of(lambda: ksampler(applied, lat=long_latent)
 R["length_error_sampler"] = error_of(lambda: sampler(model, lat=long_latent))
 R["length_error_guider"] = error_of(lambda: custom(guider(applied, 3.0, 4.0), lat=long_latent))
 # a mask built for 64 wide x 80 high on an 80 x 64 latent: same token count (20), transposed regions
-mask = torch.ones(3, 20, portrait["embeds"].windows.shape[2], dtype=torch.bool)
-transposed = {"embeds": portrait["embeds"], "mask": mask, "query_scale": None, "size": (64, 80)}
+mask = torch.ones(3, 20, portrait.embeds.windows.shape[2], dtype=torch.bool)
+transposed = dataclasses.replace(portrait, mask=mask, size=(64, 80))
 R["grid_error"] = error_of(lambda: ksampler(apply(model, p=transposed)))
-R["grid_ok"] = error_of(lambda: ksampler(apply(model, p={**transposed, "size": (80, 64)}), steps=1))
+R["grid_ok"] = error_of(lambda: ksampler(apply(model, p=dataclasses.replace(transposed, size=(80, 64))), steps=1))
 
 # --- the host's own block runs: a host-side change inside it still takes effect ---
 dm = model.model.diffusion_model

@@ -1,0 +1,33 @@
+"""What the Wan branch is given: one typed object, the pack's FANTASYPORTRAIT_EMBEDS between nodes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..tokens.encoding import PortraitEmbeds
+
+
+@dataclass
+class PortraitConditioning:
+    """Expression tokens and windows of one or several persons, and how the branch uses them.
+
+    From FantasyPortrait Encode (one driver): ``driver_boxes`` holds the driver's face box per frame,
+    which Multi-Portrait Combine needs for the regions; ``mask`` is None (every token attends to the
+    driver). From Multi-Portrait Combine: the persons' windows side by side, the attention ``mask``
+    (``[T_lat, L, W]`` or ``[L, W]``, True = attend), per-token ``query_scale`` (per-person
+    strengths) and the output ``size`` (width, height) the mask was built for.
+    """
+
+    embeds: PortraitEmbeds
+    fps: float | None = None
+    driver_boxes: np.ndarray | None = None
+    mask: torch.Tensor | None = None
+    query_scale: torch.Tensor | None = None
+    size: tuple[int, int] | None = None
+
+    @property
+    def num_frames(self) -> int:
+        return self.embeds.num_frames
