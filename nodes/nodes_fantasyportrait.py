@@ -26,8 +26,7 @@ from ..fantasyportrait_core.branch.conditioning import PortraitConditioning
 from ..fantasyportrait_core.faces.models import FaceDetector, LandmarkModel, portrait_faces
 from ..fantasyportrait_core.motion.encoder import load_motion_encoder
 from ..fantasyportrait_core.faces.tracking import keep_persons, largest_person, track_faces
-from ..fantasyportrait_core.tokens.windows import (check_clip_length, fit_frame_count, frame_count_of_latent,
-                                            nearest_valid_frame_counts)
+from ..fantasyportrait_core.tokens.windows import check_clip_length, fit_frame_count, frame_count_of_latent
 from .common import CATEGORY, FOLDER, Progress, adapter_files, adapter_path, register_model_folder
 
 log = logging.getLogger("FantasyPortrait")
@@ -285,26 +284,9 @@ class FantasyPortraitEncode:
             log.warning("FantasyPortrait: resampled the driving motion from %g to %g fps (%d frames)", rate, fps,
                         len(idx))
             rate = fps
-        have = feats.shape[1]
-        if num_frames:
-            if (num_frames - 1) % 4:
-                lower, upper = nearest_valid_frame_counts(num_frames)
-                raise FantasyPortraitError(f"num_frames must be 4k+1; use {lower} or {upper}.")
-            if have > num_frames:
-                feats = feats[:, :num_frames]
-                log.warning("FantasyPortrait: trimmed the driving features from %d to %d frames", have, num_frames)
-            elif have < num_frames:
-                if frame_fit != "pad":
-                    raise FantasyPortraitError(
-                        f"The driving clip has {have} frames but {num_frames} were asked for; set frame_fit to pad "
-                        "or lower num_frames.")
-                pad = feats[:, -1:].expand(-1, num_frames - have, -1)
-                feats = torch.cat([feats, pad], 1)
-                log.warning("FantasyPortrait: padded the driving features from %d to %d frames", have, num_frames)
-        else:
-            feats, note = fit_frame_count(feats, frame_fit)
-            if note:
-                log.warning("FantasyPortrait: %s", note)
+        feats, note = fit_frame_count(feats, frame_fit, target=num_frames or None)
+        if note:
+            log.warning("FantasyPortrait: %s", note)
         encoder, _ = load_managed(managed_module(adapter, "_comfy_encoder", adapter.encoder,
                                                  comfy.model_management.get_torch_device()))
         embeds = encode_features(encoder, feats, GroupScales(proj_scale, mouth_scale, emo_scale),

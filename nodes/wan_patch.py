@@ -24,7 +24,6 @@ import logging
 import math
 
 import torch
-import torch.nn.functional as F
 
 import comfy.conds
 import comfy.ldm.wan.model
@@ -33,7 +32,7 @@ import comfy.model_patcher
 import comfy.patcher_extension
 import comfy.samplers
 
-from ..fantasyportrait_core.branch.attention import AdapterProjections, adapter_cross_attention
+from ..fantasyportrait_core.branch.attention import AdapterProjections, adapter_cross_attention, project_window_kv
 from ..fantasyportrait_core.errors import FantasyPortraitError, require_finite
 from ..fantasyportrait_core.tokens.windows import check_latent_fit
 
@@ -124,7 +123,7 @@ class PortraitRun:
             windows = windows[:, frames]
         k = comfy.model_management.cast_to(block.k, dtype=dtype, device=device)
         v = comfy.model_management.cast_to(block.v, dtype=dtype, device=device)
-        return F.linear(windows, k), F.linear(windows, v)
+        return project_window_kv(windows, k, v)
 
 
 class PortraitBlockPatch:

@@ -75,3 +75,17 @@ def test_fit_trim_and_pad():
     assert same.shape[0] == 5 and note is None
     with pytest.raises(FantasyPortraitError, match="4k\\+1"):
         fit_frame_count(feats, "error")
+
+
+def test_fit_to_an_asked_length():
+    feats = torch.arange(17 * 2, dtype=torch.float32).reshape(1, 17, 2)
+    out, note = fit_frame_count(feats, "trim", target=13)
+    assert out.shape == (1, 13, 2) and torch.equal(out, feats[:, :13]) and note.startswith("trimmed")
+    out, note = fit_frame_count(feats, "pad", target=21)
+    assert out.shape == (1, 21, 2) and torch.equal(out[:, 17:], feats[:, 16:17].expand(1, 4, 2))
+    assert note == "padded the driving features from 17 to 21 frames by repeating the last frame"
+    assert fit_frame_count(feats, "trim", target=17) == (feats, None)
+    with pytest.raises(FantasyPortraitError, match="has 17 frames but 21 were asked for; set frame_fit to pad"):
+        fit_frame_count(feats, "trim", target=21)
+    with pytest.raises(FantasyPortraitError, match=r"num_frames must be 4k\+1; use 17 or 21"):
+        fit_frame_count(feats, "pad", target=19)

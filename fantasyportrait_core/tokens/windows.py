@@ -106,11 +106,13 @@ def build_windows(tokens: torch.Tensor, num_frames: int, tokens_per_frame: int) 
 FIT_MODES = ("error", "trim", "pad")
 
 
-def fit_frame_count(features: torch.Tensor, mode: str = "error") -> tuple[torch.Tensor, str | None]:
-    """Bring ``[..., F, D]`` per-frame features to a 4k+1 frame count.
+def fit_frame_count(features: torch.Tensor, mode: str = "error", target: int | None = None,
+                    ) -> tuple[torch.Tensor, str | None]:
+    """Bring ``[..., F, D]`` per-frame features to a 4k+1 frame count, or to exactly ``target`` frames.
 
     ``trim`` keeps the largest 4k+1 count <= F (the released behaviour); ``pad`` repeats the last
-    frame up to the smallest 4k+1 count >= F; ``error`` refuses. Returns the features and a
+    frame up to the smallest 4k+1 count >= F; ``error`` refuses. With ``target`` (4k+1) a longer clip
+    is trimmed to it and a shorter one padded (``pad``) or refused. Returns the features and a
     message saying what was done (None when nothing was needed).
     """
     if mode not in FIT_MODES:
@@ -118,16 +120,29 @@ def fit_frame_count(features: torch.Tensor, mode: str = "error") -> tuple[torch.
     frames = features.shape[-2]
     if frames < 1:
         check_frame_count(frames)
-    if is_valid_frame_count(frames):
+    if target:
+        if not is_valid_frame_count(target):
+            lower, upper = nearest_valid_frame_counts(target)
+            raise FantasyPortraitError(f"num_frames must be 4k+1; use {lower} or {upper}.")
+        if frames > target:
+            return features[..., :target, :], f"trimmed the driving features from {frames} to {target} frames"
+        if frames < target and mode != "pad":
+            raise FantasyPortraitError(f"The driving clip has {frames} frames but {target} were asked for; set "
+                                       "frame_fit to pad or lower num_frames.")
+        lower, upper = frames, target
+    else:
+        if is_valid_frame_count(frames):
+            return features, None
+        if mode == "error":
+            check_frame_count(frames)
+        lower, upper = nearest_valid_frame_counts(frames)
+        if mode == "trim":
+            return features[..., :lower, :], f"trimmed the driving features from {frames} to {lower} frames (4k+1)"
+    if upper == frames:
         return features, None
-    if mode == "error":
-        check_frame_count(frames)
-    lower, upper = nearest_valid_frame_counts(frames)
-    if mode == "trim":
-        return features[..., :lower, :], f"trimmed the driving features from {frames} to {lower} frames (4k+1)"
     pad = features[..., -1:, :].expand(*features.shape[:-2], upper - frames, features.shape[-1])
     return torch.cat([features, pad], dim=-2), (
-        f"padded the driving features from {frames} to {upper} frames (4k+1) by repeating the last frame")
+        f"padded the driving features from {frames} to {upper} frames by repeating the last frame")
 
 
 def frame_count_of_latent(latent_frames: int) -> int:
