@@ -56,7 +56,11 @@ def main():
     from fantasyportrait_pack.fantasyportrait_core.branch.multi import build_mask, query_scales
     from fantasyportrait_pack.fantasyportrait_core.branch.conditioning import PortraitConditioning
     from fantasyportrait_pack.fantasyportrait_core.tokens.windows import frame_count_of_latent
-    from fantasyportrait_pack.nodes import nodes_fantasyportrait as fp
+    from types import SimpleNamespace
+
+    from fantasyportrait_pack.nodes import NODE_CLASS_MAPPINGS
+
+    fp = SimpleNamespace(**NODE_CLASS_MAPPINGS)  # every node class by name
 
     torch.set_grad_enabled(False)
     if args.tiny:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import folder_paths
@@ -47,3 +48,16 @@ class Progress:
 
         comfy.model_management.throw_exception_if_processing_interrupted()
         self.bar.update_absolute(done, total)
+
+
+DEFAULT_FPS = 25.0  # the released frame rate, for motion whose rate is unknown
+PREVIEW_SIDE = 512  # long side of the tracking preview (a full-resolution float copy of a long clip is GBs)
+log = logging.getLogger("FantasyPortrait")
+
+
+def to_image(arr):
+    """uint8 ``[..., H, W, 3]`` -> ComfyUI IMAGE (float 0..1)."""
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(arr)).float() / 255.0

@@ -47,7 +47,7 @@ class FantasyPortraitMotionControl:
     RETURN_TYPES = ("FANTASYPORTRAIT_FEATURES", "IMAGE")
     RETURN_NAMES = ("features", "preview")
     FUNCTION = "control"
-    CATEGORY = CATEGORY
+    CATEGORY = f"{CATEGORY}/motion"
     DESCRIPTION = ("Per-component motion control on the expression features, before they become tokens (so they stay "
                    "in the trained distribution): follow, freeze, scale and smooth head pose, eyes, emotion and mouth, "
                    "e.g. a talking portrait with a still head (head pose: freeze). The preview plots each component's "

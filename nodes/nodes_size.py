@@ -30,7 +30,7 @@ class FantasyPortraitOutputSize:
     OUTPUT_TOOLTIPS = ("Output width (multiple of 16): connect to WanImageToVideo and Multi-Portrait Combine.",
                        "Output height (multiple of 16): connect to WanImageToVideo and Multi-Portrait Combine.")
     FUNCTION = "size"
-    CATEGORY = CATEGORY
+    CATEGORY = f"{CATEGORY}/embeds"
     DESCRIPTION = ("Output size as Wan 2.1 I2V (and the released FantasyPortrait) computes it: the portrait's aspect "
                    "ratio at the chosen resolution's area, each side a multiple of 16, so nothing is cropped away.")
 

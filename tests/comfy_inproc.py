@@ -34,7 +34,9 @@ def boot(comfy_dir: str, repo: str) -> types.SimpleNamespace:
     from fantasyportrait_pack.fantasyportrait_core.branch.conditioning import PortraitConditioning
     from fantasyportrait_pack.nodes import wan_patch as comfy_wan
     from fantasyportrait_pack.fantasyportrait_core.tokens.encoding import encode_features
-    from fantasyportrait_pack.nodes import nodes_fantasyportrait as fp
+    from fantasyportrait_pack.nodes import NODE_CLASS_MAPPINGS
+
+    fp = types.SimpleNamespace(**NODE_CLASS_MAPPINGS)  # every node class by name
 
     model = comfy.sd.load_diffusion_model(write_tiny_wan(os.path.join(tmp, "tiny_wan_i2v.safetensors")))
 

@@ -20,6 +20,11 @@ UI_FILES = glob.glob(os.path.join(ROOT, "workflows", "*.json"))
 
 pytestmark = requires_comfyui
 
+FAMILIES = {"FantasyPortraitModelLoader": "loaders", "FantasyPortraitFaceModelLoader": "loaders",
+            "FantasyPortraitFaceTracker": "faces", "FantasyPortraitExpressionExtractor": "faces",
+            "FantasyPortraitMotionControl": "motion", "FantasyPortraitEncode": "embeds",
+            "FantasyPortraitMultiCombine": "embeds", "FantasyPortraitOutputSize": "embeds",
+            "FantasyPortraitApply": "sampling", "FantasyPortraitGuider": "sampling", "FantasyPortraitSampler": "sampling"}
 NODES = ["FantasyPortraitApply", "FantasyPortraitEncode", "FantasyPortraitExpressionExtractor",
          "FantasyPortraitFaceModelLoader", "FantasyPortraitFaceTracker", "FantasyPortraitGuider",
          "FantasyPortraitModelLoader", "FantasyPortraitMotionControl", "FantasyPortraitMultiCombine",
@@ -217,7 +222,7 @@ def test_server_lists_every_node(tmp_path):
                 assert order.get("optional", []) == [n for n, _, _ in ins if (name, n) in build_workflows.OPTIONAL]
                 assert info[name]["output"] == [t for _, t in outs]
             node = info[name]
-            assert node["category"] == "FantasyPortrait"
+            assert node["category"] == f"FantasyPortrait/{FAMILIES[name]}", name  # categories by family
             for section in node["input"].values():
                 for inp, spec in section.items():
                     assert len(spec) > 1 and spec[1].get("tooltip"), f"{name}.{inp} has no tooltip"

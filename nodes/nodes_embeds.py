@@ -1,0 +1,179 @@
+"""FantasyPortrait embeds: expression features -> tokens and windows (Encode), and several people in one
+portrait (Multi-Portrait Combine)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import comfy.model_management
+import comfy.utils
+
+from ..fantasyportrait_core.tokens.adapter import GroupScales
+from ..fantasyportrait_core.tokens.encoding import PortraitEmbeds, encode_features
+from ..fantasyportrait_core.errors import FantasyPortraitError, require_finite
+from ..fantasyportrait_core.motion.extraction import frames_to_uint8
+from ..fantasyportrait_core.branch.conditioning import PortraitConditioning
+from ..fantasyportrait_core.faces.models import portrait_faces
+from ..fantasyportrait_core.faces.tracking import largest_person
+from ..fantasyportrait_core.tokens.windows import fit_frame_count, frame_count_of_latent
+from .common import CATEGORY, DEFAULT_FPS, Progress, log, to_image
+
+
+class FantasyPortraitEncode:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "adapter": ("FANTASYPORTRAIT_MODEL", {"tooltip": "From FantasyPortrait Model Loader."}),
+            "features": ("FANTASYPORTRAIT_FEATURES", {"tooltip": "From FantasyPortrait Expression Extractor."}),
+            "person": ("INT", {"default": -1, "min": -1, "max": 15, "tooltip": "Which tracked person drives the "
+                               "portrait: -1 = the largest face (the released rule; switches and ties are logged), "
+                               "or a person number (0 = leftmost)."}),
+            "num_frames": ("INT", {"default": 0, "min": 0, "max": 4097, "step": 1, "tooltip": "Output length in "
+                                   "frames (4k+1, as in WanImageToVideo's length). 0 = from the driving clip."}),
+            "frame_fit": (["trim", "pad"], {"default": "trim", "tooltip": "When the clip is not 4k+1 frames long (or "
+                                            "differs from num_frames): trim it (released behaviour) or pad by "
+                                            "repeating the last frame."}),
+            "proj_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "Strength of "
+                                     "the 4 projection tokens (head pose, eyes, emotion, mouth)."}),
+            "mouth_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "Strength "
+                                      "of the 16 lip tokens."}),
+            "emo_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "Strength of "
+                                    "the 4 emotion tokens."}),
+        }, "optional": {
+            "fps": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 120.0, "step": 0.01, "tooltip": "Resample the driving "
+                              "motion to this frame rate (nearest frame) before fitting the length, e.g. to give "
+                              "several drivers one rate (the released code uses 25). 0 keeps the clip's rate."}),
+        }}
+
+    RETURN_TYPES = ("FANTASYPORTRAIT_EMBEDS", "INT", "FLOAT")
+    RETURN_NAMES = ("portrait_embeds", "num_frames", "fps")
+    OUTPUT_TOOLTIPS = ("Tokens and windows for the patched Wan model.", "Output length in frames (for "
+                       "WanImageToVideo's length).", "Frame rate of the driving motion after any resampling: "
+                       "connect it to Create Video's fps so the video plays at the motion's speed.")
+    FUNCTION = "encode"
+    CATEGORY = f"{CATEGORY}/embeds"
+    DESCRIPTION = "Turns expression features into per-latent-frame token windows for the patched Wan model."
+
+    def encode(self, adapter, features, person, num_frames, frame_fit, proj_scale, mouth_scale, emo_scale, fps=0.0):
+        from .wan_patch import load_managed, managed_module
+        from ..fantasyportrait_core.video import resample_indices
+
+        require_finite(proj_scale=proj_scale, mouth_scale=mouth_scale, emo_scale=emo_scale, fps=fps)
+        feats = features["features"]
+        tracks = features.get("tracks")
+        if person < 0 and tracks is None:  # features made without the tracker: only one person can be meant
+            if feats.shape[0] > 1:
+                raise FantasyPortraitError("These features carry no face tracks, so the largest face is unknown: set "
+                                           "person to a number.")
+            person = 0
+        elif person < 0:
+            person, notes = largest_person(tracks)
+            log.info("FantasyPortrait: person %d (the largest face) drives the portrait", person)
+            for note in notes:
+                log.warning("FantasyPortrait: %s", note)
+        if person >= feats.shape[0]:
+            raise FantasyPortraitError(f"Person {person} was asked for but the driving clip has {feats.shape[0]} "
+                                       f"person(s) (numbered from 0, left to right).")
+        feats = feats[person:person + 1]
+        boxes = tracks.boxes[person] if tracks is not None else None
+        rate = features.get("fps")
+        if fps and rate and abs(fps - rate) > 1e-3:
+            idx = resample_indices(feats.shape[1], rate, fps)
+            feats = feats[:, torch.from_numpy(idx)]
+            boxes = boxes[idx] if boxes is not None else None
+            log.warning("FantasyPortrait: resampled the driving motion from %g to %g fps (%d frames)", rate, fps,
+                        len(idx))
+            rate = fps
+        feats, note = fit_frame_count(feats, frame_fit, target=num_frames or None)
+        if note:
+            log.warning("FantasyPortrait: %s", note)
+        encoder, _ = load_managed(managed_module(adapter, "_comfy_encoder", adapter.encoder,
+                                                 comfy.model_management.get_torch_device()))
+        embeds = encode_features(encoder, feats, GroupScales(proj_scale, mouth_scale, emo_scale),
+                                 progress=Progress(feats.shape[1]))
+        embeds.tokens, embeds.windows = embeds.tokens.cpu(), embeds.windows.cpu()
+        if boxes is not None:  # the driver's face boxes, for multi-portrait regions
+            boxes = boxes[:embeds.num_frames]
+            if len(boxes) < embeds.num_frames:
+                boxes = np.concatenate([boxes, np.repeat(boxes[-1:], embeds.num_frames - len(boxes), 0)])
+        return (PortraitConditioning(embeds, fps=rate, driver_boxes=boxes), embeds.num_frames,
+                float(rate or DEFAULT_FPS))
+
+
+class FantasyPortraitMultiCombine:
+    @classmethod
+    def INPUT_TYPES(cls):
+        embeds = ("FANTASYPORTRAIT_EMBEDS", {"tooltip": "One person's embeds from FantasyPortrait Encode (choose the "
+                                             "person there). Drivers are numbered in input order."})
+        return {"required": {
+            "face_models": ("FANTASYPORTRAIT_FACE_MODELS", {"tooltip": "Finds the faces in the portrait (same "
+                                                            "detector as the driving clips)."}),
+            "image": ("IMAGE", {"tooltip": "The portrait with several people (the start image of WanImageToVideo)."}),
+            "width": ("INT", {"default": 832, "min": 16, "max": 4096, "step": 8, "tooltip": "Output width: the same "
+                              "as WanImageToVideo's."}),
+            "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 8, "tooltip": "Output height: the same "
+                               "as WanImageToVideo's."}),
+            "embeds_1": embeds, "embeds_2": embeds,
+            "mapping": ("STRING", {"default": "", "tooltip": "Which driver animates each face, faces left to right, "
+                                   "e.g. '2,1'. Empty: driver k animates face k."}),
+            "background": (["all", "none"], {"default": "all", "tooltip": "What tokens outside every face region "
+                                             "attend to: all drivers (released) or none (no portrait there)."}),
+            "strengths": ("STRING", {"default": "", "tooltip": "Per-person portrait strength in face order, e.g. "
+                                     "'1.0,0.7' (one number applies to all). Empty: 1 for everyone."}),
+        }, "optional": {"embeds_3": embeds, "embeds_4": embeds}}
+
+    RETURN_TYPES = ("FANTASYPORTRAIT_EMBEDS", "INT", "IMAGE", "FLOAT")
+    RETURN_NAMES = ("portrait_embeds", "num_frames", "regions_preview", "fps")
+    OUTPUT_TOOLTIPS = ("Tokens, windows and mask of every person.", "Output length in frames.",
+                       "Each person's region tinted and numbered.", "Frame rate of the first driver's motion: "
+                       "connect it to Create Video's fps.")
+    FUNCTION = "combine"
+    CATEGORY = f"{CATEGORY}/embeds"
+    DESCRIPTION = ("Several people in one portrait, each driven by their own driver: regions from the faces and the "
+                   "drivers' motion, and a mask so each face only follows its own driver.")
+
+    def combine(self, face_models, image, width, height, embeds_1, embeds_2, mapping, background, strengths,
+                embeds_3=None, embeds_4=None):
+        from ..fantasyportrait_core.branch.multi import (combine, draw_regions, map_boxes_to_output, parse_mapping,
+                                                  parse_strengths)
+
+        drivers = [e for e in (embeds_1, embeds_2, embeds_3, embeds_4) if e is not None]
+        if any(not isinstance(d, PortraitConditioning) or d.driver_boxes is None for d in drivers):
+            raise FantasyPortraitError("Every input must come from FantasyPortrait Encode (it carries the driver's "
+                                       "face boxes).")
+        portrait = frames_to_uint8(image[:1])[0]
+        boxes = portrait_faces(portrait, face_models.detector)
+        if len(boxes) != len(drivers):
+            raise FantasyPortraitError(
+                f"The portrait has {len(boxes)} faces but {len(drivers)} drivers are connected: connect one "
+                "FantasyPortrait Encode per face.")
+        faces = map_boxes_to_output(boxes, (portrait.shape[1], portrait.shape[0]), (width, height))
+        out = combine([d.embeds.windows for d in drivers], [d.driver_boxes for d in drivers], faces, width,
+                      height, parse_mapping(mapping, len(drivers)), background,
+                      parse_strengths(strengths, len(drivers)))
+        for note in out["notes"]:
+            log.warning("FantasyPortrait: %s", note)
+        fps = {d.fps for d in drivers if d.fps}
+        if len(fps) > 1:
+            log.warning("FantasyPortrait: the drivers have different frame rates (%s); the output uses one rate, so "
+                        "some drivers play faster or slower. Resample the clips to one rate first.", sorted(fps))
+        t_lat = out["windows"].shape[1]
+        frames, per_frame = frame_count_of_latent(t_lat), drivers[0].embeds.tokens_per_frame
+        tokens = torch.cat([d.embeds.tokens[:, :frames * per_frame] for d in drivers])
+        embeds = PortraitEmbeds(tokens=tokens, windows=out["windows"], num_frames=frames, tokens_per_frame=per_frame)
+        resized = comfy.utils.common_upscale(image[:1].movedim(-1, 1), width, height, "bilinear", "center").movedim(1, -1)
+        preview = draw_regions(frames_to_uint8(resized)[0], out["regions"], faces)
+        result = PortraitConditioning(embeds, fps=drivers[0].fps, mask=out["mask"], query_scale=out["query_scale"],
+                                      size=(width, height))
+        return (result, embeds.num_frames, to_image(preview[None]), float(drivers[0].fps or DEFAULT_FPS))
+
+
+NODE_CLASS_MAPPINGS = {
+    "FantasyPortraitEncode": FantasyPortraitEncode,
+    "FantasyPortraitMultiCombine": FantasyPortraitMultiCombine,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "FantasyPortraitEncode": "FantasyPortrait Encode",
+    "FantasyPortraitMultiCombine": "FantasyPortrait Multi-Portrait Combine",
+}

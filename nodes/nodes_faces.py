@@ -1,0 +1,132 @@
+"""FantasyPortrait face nodes: tracking the driving clip's faces and extracting their expression features."""
+
+from __future__ import annotations
+
+import torch
+
+from ..fantasyportrait_core.errors import FantasyPortraitError, require_finite
+from ..fantasyportrait_core.motion.extraction import (aligned_crops, check_driving_frames, draw_preview,
+                                               encode_crops, frames_to_uint8)
+from ..fantasyportrait_core.faces.tracking import keep_persons, track_faces
+from ..fantasyportrait_core.tokens.windows import check_clip_length
+from .common import CATEGORY, DEFAULT_FPS, PREVIEW_SIDE, Progress, log, to_image
+
+
+def _video_source(video):
+    """Core VIDEO -> what PyAV can open (a path or a BytesIO), without decoding its frames."""
+    get = getattr(video, "get_stream_source", None)
+    return get() if callable(get) else None
+
+
+class FantasyPortraitFaceTracker:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "face_models": ("FANTASYPORTRAIT_FACE_MODELS", {"tooltip": "From FantasyPortrait Face Model Loader."}),
+            "min_face": ("INT", {"default": 96, "min": 16, "max": 1024, "tooltip": "Smallest face kept (landmark box "
+                                 "side, pixels). The released value is 96; lower it for small faces."}),
+            "persons": ("INT", {"default": 0, "min": 0, "max": 16, "tooltip": "Keep the N persons found in most "
+                                "frames (0 = everyone). Persons are numbered left to right."}),
+        }, "optional": {
+            "video": ("VIDEO", {"tooltip": "Driving video straight from Load Video: only the frames used are decoded, "
+                                "one at a time, so a long clip costs no more memory than a short one. Use this or "
+                                "images."}),
+            "images": ("IMAGE", {"tooltip": "Driving frames as images (e.g. from Get Video Components), instead of "
+                                 "video. They are already all in memory; the frame window below still applies."}),
+            "start_frame": ("INT", {"default": 0, "min": 0, "max": 1_000_000, "tooltip": "Skip this many frames of "
+                                    "the clip (counted at the fps below)."}),
+            "length": ("INT", {"default": 81, "min": 0, "max": 100_000, "tooltip": "Frames to use from start_frame: "
+                               "4k+1 (81 as released, about 3 s at 25 fps), or 0 for the whole clip."}),
+            "fps": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 120.0, "step": 0.01, "tooltip": "Retime the video "
+                              "to this frame rate (nearest frame) before taking the frames; the released multi-person "
+                              "code uses 25. 0 keeps the clip's rate. Needs the video input."}),
+        }}
+
+    RETURN_TYPES = ("FANTASYPORTRAIT_TRACKS", "IMAGE", "IMAGE", "FLOAT", "AUDIO")
+    RETURN_NAMES = ("tracks", "aligned_faces", "preview", "fps", "audio")
+    OUTPUT_TOOLTIPS = ("Face tracks and aligned faces, for the Expression Extractor.", "The 224x224 faces the motion "
+                       "encoder sees, person by person.", "The used frames (long side 512) with boxes, ids and "
+                       "landmarks.", "Frame rate of the used frames (from the video, after any retiming; 25 for "
+                       "images).", "The driving video's audio from the first used frame on (none for images): "
+                       "connect it to Create Video.")
+    FUNCTION = "track"
+    CATEGORY = f"{CATEGORY}/faces"
+    DESCRIPTION = ("Detects and tracks every face through the used frames of the driving clip with stable ids, fills "
+                   "frames where a person was missed (reported in the log), and shows boxes, ids and landmarks.")
+
+    def track(self, face_models, min_face, persons, video=None, images=None, start_frame=0, length=81, fps=0.0):
+        from ..fantasyportrait_core.video import DrivingFrames, read_audio
+
+        require_finite(fps=fps)
+        check_clip_length(length, "length")
+        audio, rate = None, DEFAULT_FPS
+        if video is not None:
+            source = _video_source(video)
+            if source is None:  # a VIDEO without a stream source: its frames are all we can get
+                components = video.get_components()
+                images, rate, audio = components.images, float(components.frame_rate), components.audio
+            else:
+                frames = DrivingFrames(source, start_frame, length, fps or None, name="the driving video")
+                rate = frames.fps
+                audio = read_audio(source, frames.start_seconds, frames.duration, "the driving video")
+        elif images is None:
+            raise FantasyPortraitError("Connect the driving clip to the Face Tracker: video (from Load Video) or "
+                                       "images.")
+        if images is not None:
+            if fps and video is None:
+                log.warning("FantasyPortrait: fps only retimes the video input; the images are used as they are")
+            if start_frame >= len(images):
+                raise FantasyPortraitError(f"start_frame {start_frame} is past the end of the driving images "
+                                           f"({len(images)} frames): lower start_frame.")
+            frames = frames_to_uint8(images[start_frame:start_frame + length] if length else images[start_frame:])
+        check_driving_frames(len(frames), "The driving video")
+        tracks = track_faces(frames, face_models.detector, face_models.landmarker, min_face=min_face,
+                             progress=Progress(2 * len(frames)), source="the driving frames")
+        tracks = keep_persons(tracks, persons)
+        for note in tracks.notes:
+            log.warning("FantasyPortrait: %s", note)
+        # the aligned faces are all the next node needs: keep them (224x224 per face), not the full frames
+        crops = aligned_crops(frames, tracks)
+        preview = draw_preview(frames, tracks, max_side=PREVIEW_SIDE)
+        return ({"tracks": tracks, "crops": crops, "fps": rate}, to_image(crops.reshape(-1, 224, 224, 3)),
+                to_image(preview), rate, audio)
+
+
+class FantasyPortraitExpressionExtractor:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "face_models": ("FANTASYPORTRAIT_FACE_MODELS", {"tooltip": "From FantasyPortrait Face Model Loader."}),
+            "tracks": ("FANTASYPORTRAIT_TRACKS", {"tooltip": "From FantasyPortrait Face Tracker."}),
+        }, "optional": {
+            "fps": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 120.0, "tooltip": "Frame rate of the driving "
+                              "frames, kept with the features so the output video can use it. 0 = the tracker's "
+                              "(the video's rate; 25 for images)."}),
+        }}
+
+    RETURN_TYPES = ("FANTASYPORTRAIT_FEATURES",)
+    RETURN_NAMES = ("features",)
+    FUNCTION = "extract"
+    CATEGORY = f"{CATEGORY}/faces"
+    DESCRIPTION = "Runs the PD-FGC motion encoder on every aligned face: per person, 554 numbers per frame."
+
+    def extract(self, face_models, tracks, fps=0.0):
+        from .wan_patch import load_managed, managed_module
+
+        require_finite(fps=fps)
+        t, crops = tracks["tracks"], tracks["crops"].reshape(-1, 224, 224, 3)
+        device = getattr(face_models, "torch_device", torch.device("cpu"))
+        encoder, device = load_managed(managed_module(face_models, "_comfy_motion", face_models.motion_encoder, device))
+        feats = encode_crops(encoder, crops, device=device, progress=Progress(len(crops)))
+        rate = fps or tracks.get("fps") or DEFAULT_FPS
+        return ({"features": feats.reshape(t.num_persons, t.num_frames, -1), "fps": rate, "tracks": t},)
+
+
+NODE_CLASS_MAPPINGS = {
+    "FantasyPortraitFaceTracker": FantasyPortraitFaceTracker,
+    "FantasyPortraitExpressionExtractor": FantasyPortraitExpressionExtractor,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "FantasyPortraitFaceTracker": "FantasyPortrait Face Tracker",
+    "FantasyPortraitExpressionExtractor": "FantasyPortrait Expression Extractor",
+}
