@@ -28,15 +28,14 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-TINY = ("1.unet_name=tiny_wan_i2v.safetensors;3.clip_name=fp_test_umt5.safetensors;"
-        "6.clip_name=fp_test_clip_h.safetensors;13.length=9")
-
-
 def write_jobs(path, image, video, seeds):
+    from comfy_servers import TINY_MODELS
+
+    tiny = ";".join(TINY_MODELS + ["13.length=9"])
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, ["image", "video", "seed", "steps", "size", "set"])
         writer.writeheader()
-        writer.writerows({"image": image, "video": video, "seed": s, "steps": 2, "size": "64x64", "set": TINY}
+        writer.writerows({"image": image, "video": video, "seed": s, "steps": 2, "size": "64x64", "set": tiny}
                          for s in seeds)
     return str(path)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..fantasyportrait_core.errors import FantasyPortraitError, require_finite
-from ..fantasyportrait_core.motion.extraction import (aligned_crops, check_driving_frames, draw_preview,
-                                               encode_crops, frames_to_uint8)
+from ..fantasyportrait_core.motion.extraction import (check_driving_frames, crops_and_preview, encode_crops,
+                                                      frames_to_uint8)
 from ..fantasyportrait_core.faces.tracking import keep_persons, track_faces
 from ..fantasyportrait_core.tokens.windows import check_clip_length
 from .common import CATEGORY, DEFAULT_FPS, PREVIEW_SIDE, Progress, log, to_image
@@ -80,14 +80,16 @@ class FantasyPortraitFaceTracker:
                                            f"({len(images)} frames): lower start_frame.")
             frames = frames_to_uint8(images[start_frame:start_frame + length] if length else images[start_frame:])
         check_driving_frames(len(frames), "The driving video")
+        n = len(frames)
+        bar = Progress(3 * n)  # two tracking passes, then the aligned faces and the preview
         tracks = track_faces(frames, face_models.detector, face_models.landmarker, min_face=min_face,
-                             progress=Progress(2 * len(frames)), source="the driving frames")
+                             progress=lambda d, t: bar(d, 3 * n), source="the driving frames")
         tracks = keep_persons(tracks, persons)
         for note in tracks.notes:
             log.warning("FantasyPortrait: %s", note)
         # the aligned faces are all the next node needs: keep them (224x224 per face), not the full frames
-        crops = aligned_crops(frames, tracks)
-        preview = draw_preview(frames, tracks, max_side=PREVIEW_SIDE)
+        crops, preview = crops_and_preview(frames, tracks, max_side=PREVIEW_SIDE,  # one pass over the clip
+                                           progress=lambda d, t: bar(2 * n + d, 3 * n))
         return ({"tracks": tracks, "crops": crops, "fps": rate}, to_image(crops.reshape(-1, 224, 224, 3)),
                 to_image(preview), rate, audio)
 

@@ -11,6 +11,11 @@ from conftest import COMFYUI_DIR, ROOT
 from conftest import COMFYUI_PYTHON as PYTHON
 
 
+#: ``--set`` overrides pointing a shipped workflow at the tiny test models (tests/comfy_models.py)
+TINY_MODELS = ["1.unet_name=tiny_wan_i2v.safetensors", "3.clip_name=fp_test_umt5.safetensors",
+               "6.clip_name=fp_test_clip_h.safetensors"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

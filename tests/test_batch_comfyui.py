@@ -12,14 +12,13 @@ import urllib.request
 
 import pytest
 
-from comfy_servers import ComfyServer, make_base
+from comfy_servers import TINY_MODELS, ComfyServer, make_base
 from conftest import ROOT, requires_comfyui
 from media import media_path
 
 pytestmark = requires_comfyui
 
-TINY = ("1.unet_name=tiny_wan_i2v.safetensors;3.clip_name=fp_test_umt5.safetensors;"
-        "6.clip_name=fp_test_clip_h.safetensors;13.length=9")
+TINY = ";".join(TINY_MODELS + ["13.length=9"])
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from comfy_servers import ComfyServer, make_base
+from comfy_servers import TINY_MODELS, ComfyServer, make_base
 from conftest import COMFYUI_DIR, ROOT, requires_comfyui
 from conftest import COMFYUI_PYTHON as PYTHON
 from media import media_path
@@ -257,8 +257,7 @@ def shipped(name="fantasyportrait_single", size=(64, 64), length=9, sets=()):
     path = os.path.join(ROOT, "workflows", "api", f"{name}_api.json")
     with open(path) as fh:
         wf = json.load(fh)
-    items = ["1.unet_name=tiny_wan_i2v.safetensors", "3.clip_name=fp_test_umt5.safetensors",
-             "6.clip_name=fp_test_clip_h.safetensors", "19.steps=2"]
+    items = TINY_MODELS + ["19.steps=2"]
     for node_id, node in wf.items():
         if node["class_type"] in ("WanImageToVideo", "FantasyPortraitMultiCombine"):
             items += [f"{node_id}.width={size[0]}", f"{node_id}.height={size[1]}"]

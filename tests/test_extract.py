@@ -208,3 +208,25 @@ def test_extract_cli_frame_window(models_dir, tmp_path, capsys):
                  "--frames", "10"]) == 2
     assert "--frames must be 0 (the whole clip) or 4k+1 frames, as Wan makes them; got 10: use 9 or 13" in \
         capsys.readouterr().err
+
+
+def test_crops_and_preview_in_one_pass_equal_the_separate_ones(models_dir):
+    from fantasyportrait_core.faces.tracking import track_faces
+    from fantasyportrait_core.motion.extraction import aligned_crops, crops_and_preview
+    from fantasyportrait_core.video import DrivingFrames
+
+    class Counted(DrivingFrames):
+        passes = 0
+
+        def __iter__(self):
+            Counted.passes += 1
+            return super().__iter__()
+
+    clip = Counted(media_path("two_person.mp4"), length=5)
+    tracks = track_faces(clip.read(), FaceDetector(str(models_dir / "face_det.onnx")),
+                         LandmarkModel(str(models_dir / "face_landmark.onnx")))
+    Counted.passes = 0
+    crops, preview = crops_and_preview(clip, tracks, max_side=512)
+    assert Counted.passes == 1  # the clip is decoded once for both
+    assert np.array_equal(crops, aligned_crops(clip, tracks))
+    assert np.array_equal(preview, draw_preview(clip, tracks, max_side=512)) and preview.shape == (5, 288, 512, 3)

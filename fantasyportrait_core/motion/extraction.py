@@ -146,40 +146,61 @@ def extract_features(frames, models: FaceModels, min_face: float = DEFAULT_MIN_F
 PERSON_COLOURS = [(230, 60, 60), (60, 160, 230), (80, 200, 80), (230, 180, 40), (180, 90, 220), (40, 200, 200)]
 
 
-def iter_preview(frames, tracks: FaceTracks, landmarks: bool = True, max_side: int | None = None):
-    """Yields each frame with every person's box, id and landmarks drawn (thin box where filled),
-    shrunk so its long side is at most ``max_side`` when given. ``frames`` (an array or a lazily
-    decoded clip) is iterated once, one frame at a time."""
+def _draw(frame: np.ndarray, f: int, tracks: FaceTracks, landmarks: bool, max_side: int | None) -> np.ndarray:
+    """One preview frame: every person's box, id and landmarks (thin box where filled), shrunk so its
+    long side is at most ``max_side`` when given."""
     import cv2
 
+    img = np.array(frame, copy=True)
+    height, width = img.shape[:2]
+    scale = max(1, round(max(height, width) / 640))
+    for p in range(tracks.num_persons if f < tracks.num_frames else 0):
+        colour = PERSON_COLOURS[p % len(PERSON_COLOURS)]
+        x0, y0, x1, y1 = [int(round(v)) for v in tracks.boxes[p, f]]
+        found = bool(tracks.valid[p, f])
+        cv2.rectangle(img, (x0, y0), (x1, y1), colour, 2 * scale if found else scale)
+        label = f"{p}" if found else f"{p} (filled)"
+        cv2.putText(img, label, (x0, max(0, y0 - 6 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.7 * scale, colour,
+                    2 * scale, cv2.LINE_AA)
+        if landmarks:
+            for x, y in tracks.landmarks[p, f]:
+                cv2.circle(img, (int(round(x)), int(round(y))), scale, colour, -1)
+    shrink = min(1.0, max_side / max(height, width)) if max_side else 1.0
+    if shrink < 1:
+        size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
+        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    return img
+
+
+def iter_preview(frames, tracks: FaceTracks, landmarks: bool = True, max_side: int | None = None):
+    """Yields each preview frame (see :func:`_draw`); ``frames`` (an array or a lazily decoded clip) is
+    iterated once, one frame at a time."""
     for f, frame in enumerate(frames_to_uint8(frames)):
-        img = np.array(frame, copy=True)
-        height, width = img.shape[:2]
-        scale = max(1, round(max(height, width) / 640))
-        for p in range(tracks.num_persons if f < tracks.num_frames else 0):
-            colour = PERSON_COLOURS[p % len(PERSON_COLOURS)]
-            x0, y0, x1, y1 = [int(round(v)) for v in tracks.boxes[p, f]]
-            found = bool(tracks.valid[p, f])
-            cv2.rectangle(img, (x0, y0), (x1, y1), colour, 2 * scale if found else scale)
-            label = f"{p}" if found else f"{p} (filled)"
-            cv2.putText(img, label, (x0, max(0, y0 - 6 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.7 * scale, colour,
-                        2 * scale, cv2.LINE_AA)
-            if landmarks:
-                for x, y in tracks.landmarks[p, f]:
-                    cv2.circle(img, (int(round(x)), int(round(y))), scale, colour, -1)
-        shrink = min(1.0, max_side / max(height, width)) if max_side else 1.0
-        if shrink < 1:
-            size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
-            img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
-        yield img
+        yield _draw(np.asarray(frame), f, tracks, landmarks, max_side)
 
 
 def draw_preview(frames, tracks: FaceTracks, landmarks: bool = True, max_side: int | None = None) -> np.ndarray:
     """All preview frames (see :func:`iter_preview`) as one ``[F, h, w, 3]`` uint8 array; only the
     (shrunk) previews are held, never a full-size copy of the clip."""
-    out = None
-    for f, img in enumerate(iter_preview(frames, tracks, landmarks, max_side)):
-        if out is None:
-            out = np.empty((len(frames),) + img.shape, np.uint8)
-        out[f] = img
-    return out
+    return crops_and_preview(frames, tracks, max_side, crops=False, landmarks=landmarks)[1]
+
+
+def crops_and_preview(frames, tracks: FaceTracks, max_side: int | None = None, crops: bool = True,
+                      landmarks: bool = True, progress: Progress | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+    """The aligned faces (as :func:`aligned_crops`) and the preview (as :func:`draw_preview`) in one
+    pass over ``frames``, so a lazily decoded clip is decoded once for both; ``progress(done, total)``
+    after each frame."""
+    faces = np.zeros((tracks.num_persons, tracks.num_frames, CROP_SIZE, CROP_SIZE, 3), np.uint8) if crops else None
+    preview = None
+    for f, frame in enumerate(frames_to_uint8(frames)):
+        frame = np.asarray(frame)
+        if crops:
+            for p in range(tracks.num_persons):
+                faces[p, f] = align_face(frame, tracks.landmarks[p, f], CROP_SIZE)
+        img = _draw(frame, f, tracks, landmarks, max_side)
+        if preview is None:
+            preview = np.empty((len(frames),) + img.shape, np.uint8)
+        preview[f] = img
+        if progress is not None:
+            progress(f + 1, len(frames))
+    return faces, preview

@@ -1,6 +1,16 @@
 """Tools on top of the core: the ``fantasyportrait`` command line, the HTTP runner, batch runs, setup."""
 
+import hashlib
 import os
 
 #: the pack's folder (the one ComfyUI loads from custom_nodes/)
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file, read in 8 MB pieces (model files are GBs)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(8 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from ..errors import FantasyPortraitError
-from . import PACK_DIR
+from . import PACK_DIR, file_sha256
 from .runner import (ComfyClient, RunError, ServerUnreachable, apply_overrides, check_workflow,
                      fill_inputs, follow, load_workflow, open_progress, saved_files)
 
@@ -301,14 +301,6 @@ def read_manifest(path: str) -> dict:
     return out
 
 
-def file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def resume(jobs: list[Job], manifest: dict, out_dir: str) -> int:
     """Mark jobs done when the manifest says so and their output is there, unchanged; returns how many."""
     skipped = 0
@@ -316,7 +308,7 @@ def resume(jobs: list[Job], manifest: dict, out_dir: str) -> int:
         rec = manifest.get(job.key)
         path = os.path.join(out_dir, job.output)
         if rec and rec.get("status") == "done" and os.path.isfile(path) and os.path.getsize(path) == rec.get("size") \
-                and file_digest(path) == rec.get("sha256"):
+                and file_sha256(path) == rec.get("sha256"):
             for k in ("status", "server", "prompt_id", "seed", "start", "end", "size", "sha256", "attempts"):
                 setattr(job, k, rec.get(k))
             skipped += 1
@@ -512,7 +504,7 @@ class Batch:
         """Upload once per server under a content-derived name (same clip, same name: ComfyUI's cache
         then skips the nodes that only depend on it)."""
         if path not in self.digests:
-            self.digests[path] = file_digest(path)[:12]
+            self.digests[path] = file_sha256(path)[:12]
         name = f"fp_{self.digests[path]}_{os.path.basename(path)}"
         if path not in server.uploaded:
             server.uploaded[path] = server.client.upload(path, name)
@@ -608,15 +600,15 @@ def summary(jobs: list[Job]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def check_servers(jobs: list[Job], workflows: dict, servers: list[Server]) -> None:
+def check_servers(jobs: list[Job], workflows: dict, servers: list[Server],
+                  say: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> None:
     """Before queueing: every workflow (with its jobs' changes) can run on every reachable server."""
     reachable = [s for s in servers if s.probe()]
     if not reachable:
         raise ServerUnreachable("No server could be reached: " + ", ".join(s.url for s in servers))
     for server in servers:
         if not server.alive:
-            print(f"fantasyportrait batch: {server.url} does not answer; it is tried again during the batch",
-                  file=sys.stderr)
+            say(f"{server.url} does not answer; it is tried again during the batch")
     problems = []
     for server in reachable:
         info = server.client.get_json("/object_info")
@@ -651,14 +643,14 @@ def run_batch(jobs_file: str, server_specs: list[tuple[str, dict]], out_dir: str
     servers = [Server(url, headers, per_server) for url, headers in server_specs]
     if dry_run:
         if servers:
-            check_servers(jobs, workflows, servers)
+            check_servers(jobs, workflows, servers, say)
         for job in jobs:
             say(f"line {job.line}: {os.path.basename(job.image)} + {', '.join(map(os.path.basename, job.videos))} "
                 f"-> {os.path.join(out_dir, job.output)} ({os.path.basename(job.workflow)}, seed {job.seed})")
         say(f"{len(jobs)} job(s) valid" + ("" if servers else " (no server given: files and values checked, "
                                               "not the servers' nodes and model files)") + "; nothing was queued")
         return 0
-    check_servers(jobs, workflows, servers)
+    check_servers(jobs, workflows, servers, say)
     os.makedirs(out_dir, exist_ok=True)
     skipped = resume(jobs, read_manifest(manifest), out_dir)
     if skipped:

@@ -12,7 +12,6 @@ leaves no partial file where ComfyUI looks, and the next run resumes it with an 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import FantasyPortraitError, require
-from . import PACK_DIR
+from . import PACK_DIR, file_sha256
 
 PACK_NAME = "ComfyUI-FantasyPortrait"
 WAN = "Comfy-Org/Wan_2.1_ComfyUI_repackaged"
@@ -138,29 +137,38 @@ def _hub():
     return hub, endpoint, token
 
 
+class HubHTTPError(FantasyPortraitError):
+    """An HTTP error from the hub while downloading, with its status and ``X-Error-Code``."""
+
+    def __init__(self, status: int, code: str | None):
+        super().__init__(f"HTTP {status}" + (f" ({code})" if code else ""))
+        self.status, self.code = status, code
+
+
 def describe_hub_error(exc: Exception, item: ModelFile, endpoint: str) -> str:
-    """A hub failure, in words that say what to do."""
+    """A hub failure, in words that say what to do. The client's exception types and the hub's own
+    ``X-Error-Code`` (from a download) say the same things."""
     from huggingface_hub import errors
 
     where = f"{item.repo}/{item.path}"
-    if isinstance(exc, HubHTTPError):  # from a download: the hub's own error code says what it is
-        kinds = {"GatedRepo": errors.GatedRepoError, "RepoNotFound": errors.RepositoryNotFoundError,
-                 "EntryNotFound": errors.RemoteEntryNotFoundError}
-        if exc.code in kinds:
-            return describe_hub_error(kinds[exc.code].__new__(kinds[exc.code]), item, endpoint)
-        return f"{endpoint} answered {where} with {exc}."
-    if isinstance(exc, FantasyPortraitError):
+    if isinstance(exc, HubHTTPError):
+        kind = exc.code
+    elif isinstance(exc, FantasyPortraitError):
         return str(exc)
-    if isinstance(exc, errors.GatedRepoError):
+    else:
+        kinds = ((errors.GatedRepoError, "GatedRepo"), (errors.RepositoryNotFoundError, "RepoNotFound"),
+                 (errors.RemoteEntryNotFoundError, "EntryNotFound"), (errors.EntryNotFoundError, "EntryNotFound"))
+        kind = next((code for cls, code in kinds if isinstance(exc, cls)), None)
+    if kind == "GatedRepo":
         return (f"{where} is gated: accept its terms on {endpoint}/{item.repo} with your account, then set HF_TOKEN to "
                 "a token of that account (https://huggingface.co/settings/tokens).")
-    if isinstance(exc, errors.RepositoryNotFoundError):
+    if kind == "RepoNotFound":
         return (f"The repository {item.repo} does not exist on {endpoint} (or is private: set HF_TOKEN). The pack's "
                 "list of files may be out of date: update the pack.")
-    if isinstance(exc, (errors.RemoteEntryNotFoundError, errors.EntryNotFoundError)):
+    if kind == "EntryNotFound":
         return (f"{item.path} is no longer in {item.repo} on {endpoint}. The pack's list of files may be out of date: "
                 "update the pack.")
-    if isinstance(exc, errors.HfHubHTTPError):
+    if isinstance(exc, (HubHTTPError, errors.HfHubHTTPError)):
         return f"{endpoint} answered {where} with an error: {str(exc).splitlines()[0]}"
     return (f"Cannot reach the Hugging Face hub at {endpoint} ({type(exc).__name__}: {exc}). Check the network, or "
             "point HF_ENDPOINT at a mirror.")
@@ -186,16 +194,6 @@ def look_up(files: list[ModelFile], offline_ok: bool = False) -> list[str]:
 
 def _is_sha256(text: str | None) -> bool:
     return bool(text) and len(text) == 64 and all(c in "0123456789abcdef" for c in text)
-
-
-def file_sha256(path: str, progress: Callable[[int], None] | None = None) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(8 << 20), b""):
-            h.update(chunk)
-            if progress:
-                progress(len(chunk))
-    return h.hexdigest()
 
 
 class Verified:
@@ -320,14 +318,6 @@ def install_requirements(python: str, pack: str, say: Callable[[str], None], dry
     if done.returncode:
         raise FantasyPortraitError(f"pip could not install the pack's requirements into {python}:\n"
                                    f"{done.stdout[-1500:]}{done.stderr[-1500:]}")
-
-
-class HubHTTPError(FantasyPortraitError):
-    """An HTTP error from the hub while downloading, with its status and ``X-Error-Code``."""
-
-    def __init__(self, status: int, code: str | None):
-        super().__init__(f"HTTP {status}" + (f" ({code})" if code else ""))
-        self.status, self.code = status, code
 
 
 def _fetch(url: str, headers: dict, part: str, size: int | None, progress: Callable[[int, int | None], None]) -> None:

@@ -1,4 +1,4 @@
-"""Test-only ComfyUI nodes (never shipped): stand-ins for models that cannot be made small.
+"""Test-only ComfyUI extension (never shipped): stand-ins for models that cannot be made small.
 
 umT5-XXL and CLIP-H have fixed sizes (GBs). So that the end-to-end tests can run the shipped workflows
 unchanged except for file names, this test pack also makes the stock CLIPLoader and CLIPVisionLoader
@@ -54,20 +54,4 @@ comfy.sd.load_clip = _stand_in(comfy.sd.load_clip, _TextEncoder)
 comfy.clip_vision.load = _stand_in(comfy.clip_vision.load, _VisionEncoder)
 
 
-class FPTestTextConditioning:
-    """Random text conditioning in umT5-XXL's shape, instead of CLIPLoader + CLIPTextEncode."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31})}}
-
-    RETURN_TYPES = ("CONDITIONING",)
-    FUNCTION = "make"
-    CATEGORY = "testing"
-
-    def make(self, seed):
-        g = torch.Generator().manual_seed(seed)
-        return ([[torch.randn(1, 12, 4096, generator=g), {}]],)
-
-
-NODE_CLASS_MAPPINGS = {"FPTestTextConditioning": FPTestTextConditioning}
+NODE_CLASS_MAPPINGS = {}  # no nodes: the stand-ins come through the stock loaders
