@@ -1,18 +1,18 @@
 """ComfyUI entry point of the FantasyPortrait pack.
 
-ComfyUI imports this file as a package and reads ``NODE_CLASS_MAPPINGS``. Importing it without
-ComfyUI (tests, the command line) must not fail: the node modules are only loaded when ComfyUI's
-own modules can be imported, and a failure there is reported instead of raised so that a broken
-optional dependency never takes ComfyUI down.
+ComfyUI imports this file as a package and calls its V3 ``comfy_entrypoint`` (the pack defines no
+``NODE_CLASS_MAPPINGS``: ComfyUI would read that instead). Importing it without ComfyUI (tests, the
+command line) must not fail: the node modules are only loaded when ComfyUI's own modules can be
+imported, and a failure there, or a ComfyUI too old for the pack, is logged instead of raised (then
+there is no ``comfy_entrypoint`` and ComfyUI lists the pack as failed) so that a broken optional
+dependency never takes ComfyUI down. ``WEB_DIRECTORY`` holds the per-node docs (``web/docs``).
 """
 
 from __future__ import annotations
 
 import logging
 
-NODE_CLASS_MAPPINGS = {}
-NODE_DISPLAY_NAME_MAPPINGS = {}
-WEB_DIRECTORY = None
+WEB_DIRECTORY = "./web"
 
 try:
     import comfy  # noqa: F401  (only present inside ComfyUI)
@@ -46,10 +46,9 @@ if comfy is not None and __package__:
         logging.getLogger(__name__).error(too_old)
     else:
         try:
-            from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F811
+            from .nodes import comfy_entrypoint  # noqa: F401
         except Exception:  # never take ComfyUI down
             logging.getLogger(__name__).exception(
                 "FantasyPortrait: the nodes could not be loaded; see the error above."
             )
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

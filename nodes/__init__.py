@@ -1,12 +1,23 @@
 """ComfyUI nodes of the pack: thin glue from ComfyUI types to ``fantasyportrait_core`` calls.
 
-One ``nodes_<feature>.py`` module per family (category ``FantasyPortrait/<family>``), each defining
-``NODE_CLASS_MAPPINGS`` and ``NODE_DISPLAY_NAME_MAPPINGS``, merged here; ``wan_patch.py`` holds the
-only code that reaches into ComfyUI's Wan model.
+V3 nodes (``comfy_api.latest.io.ComfyNode``), one ``nodes_<family>.py`` module per family (category
+``FantasyPortrait/<family>``), each listing its classes in ``NODES``; ``comfy_entrypoint`` hands them all
+to ComfyUI. ``wan_patch.py`` holds the only code that reaches into ComfyUI's Wan model; ``common.py`` the
+pack's socket types and helpers. Per-node documentation: ``web/docs/<node id>.md``.
 """
+
+from comfy_api.latest import ComfyExtension, io
 
 from . import nodes_embeds, nodes_faces, nodes_loaders, nodes_motion, nodes_sampling, nodes_size
 
-_FAMILIES = (nodes_loaders, nodes_faces, nodes_motion, nodes_embeds, nodes_size, nodes_sampling)
-NODE_CLASS_MAPPINGS = {k: v for family in _FAMILIES for k, v in family.NODE_CLASS_MAPPINGS.items()}
-NODE_DISPLAY_NAME_MAPPINGS = {k: v for family in _FAMILIES for k, v in family.NODE_DISPLAY_NAME_MAPPINGS.items()}
+NODES: list[type[io.ComfyNode]] = [node for family in (nodes_loaders, nodes_faces, nodes_motion, nodes_embeds,
+                                                       nodes_size, nodes_sampling) for node in family.NODES]
+
+
+class FantasyPortraitExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> FantasyPortraitExtension:
+    return FantasyPortraitExtension()

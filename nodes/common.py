@@ -1,4 +1,4 @@
-"""Helpers shared by the node modules: model folders, progress bars, errors."""
+"""Helpers shared by the node modules: the pack's own IO types, model folders, progress bars."""
 
 from __future__ import annotations
 
@@ -6,9 +6,20 @@ import logging
 import os
 
 import folder_paths
+from comfy_api.latest import io
+
+from ..fantasyportrait_core.errors import FantasyPortraitError
 
 FOLDER = "fantasyportrait"
 CATEGORY = "FantasyPortrait"
+
+# The pack's own socket types (names unchanged since the first release, so saved workflows keep their links).
+# What flows through each: the core object named beside it.
+FaceModelsIO = io.Custom("FANTASYPORTRAIT_FACE_MODELS")  # motion.extraction.FaceModels
+AdapterIO = io.Custom("FANTASYPORTRAIT_MODEL")  # tokens.checkpoint.FantasyPortraitAdapter
+TracksIO = io.Custom("FANTASYPORTRAIT_TRACKS")  # motion.extraction.TrackedFaces
+FeaturesIO = io.Custom("FANTASYPORTRAIT_FEATURES")  # motion.extraction.ExpressionFeatures
+EmbedsIO = io.Custom("FANTASYPORTRAIT_EMBEDS")  # branch.conditioning.PortraitConditioning
 
 
 def register_model_folder() -> None:
@@ -28,10 +39,12 @@ def adapter_files() -> list[str]:
     return sorted(set(own)) + sorted(set(extra) - set(own))
 
 
-def adapter_path(name: str) -> str:
+def model_path(name: str) -> str:
+    """A file chosen in a loader: from ``models/fantasyportrait/`` or ``models/diffusion_models/``."""
     path = folder_paths.get_full_path(FOLDER, name) or folder_paths.get_full_path("diffusion_models", name)
     if path is None:
-        raise FileNotFoundError(f"FantasyPortrait model file {name!r} not found in models/{FOLDER}/ or models/diffusion_models/.")
+        raise FantasyPortraitError(f"FantasyPortrait model file {name!r} not found in models/{FOLDER}/ or "
+                                   "models/diffusion_models/: put it there, or pick another file.")
     return path
 
 

@@ -8,6 +8,7 @@ import torch
 
 import comfy.model_management
 import comfy.utils
+from comfy_api.latest import io
 
 from ..fantasyportrait_core.tokens.adapter import GroupScales
 from ..fantasyportrait_core.tokens.encoding import PortraitEmbeds, encode_features
@@ -17,51 +18,58 @@ from ..fantasyportrait_core.branch.conditioning import PortraitConditioning
 from ..fantasyportrait_core.faces.models import portrait_faces
 from ..fantasyportrait_core.faces.tracking import largest_person
 from ..fantasyportrait_core.tokens.windows import fit_frame_count, frame_count_of_latent
-from .common import CATEGORY, DEFAULT_FPS, Progress, log, to_image
+from .common import (CATEGORY, DEFAULT_FPS, AdapterIO, EmbedsIO, FaceModelsIO, FeaturesIO, Progress, log,
+                     to_image)
 
 
-class FantasyPortraitEncode:
+SCALE = dict(default=1.0, min=0.0, max=10.0, step=0.01)
+
+
+class FantasyPortraitEncode(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "adapter": ("FANTASYPORTRAIT_MODEL", {"tooltip": "From FantasyPortrait Model Loader."}),
-            "features": ("FANTASYPORTRAIT_FEATURES", {"tooltip": "From FantasyPortrait Expression Extractor."}),
-            "person": ("INT", {"default": -1, "min": -1, "max": 15, "tooltip": "Which tracked person drives the "
-                               "portrait: -1 = the largest face (the released rule; switches and ties are logged), "
-                               "or a person number (0 = leftmost)."}),
-            "num_frames": ("INT", {"default": 0, "min": 0, "max": 4097, "step": 1, "tooltip": "Output length in "
-                                   "frames (4k+1, as in WanImageToVideo's length). 0 = from the driving clip."}),
-            "frame_fit": (["trim", "pad"], {"default": "trim", "tooltip": "When the clip is not 4k+1 frames long (or "
-                                            "differs from num_frames): trim it (released behaviour) or pad by "
-                                            "repeating the last frame."}),
-            "proj_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "Strength of "
-                                     "the 4 projection tokens (head pose, eyes, emotion, mouth)."}),
-            "mouth_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "Strength "
-                                      "of the 16 lip tokens."}),
-            "emo_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "Strength of "
-                                    "the 4 emotion tokens."}),
-        }, "optional": {
-            "fps": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 120.0, "step": 0.01, "tooltip": "Resample the driving "
-                              "motion to this frame rate (nearest frame) before fitting the length, e.g. to give "
-                              "several drivers one rate (the released code uses 25). 0 keeps the clip's rate."}),
-        }}
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FantasyPortraitEncode", display_name="FantasyPortrait Encode", category=f"{CATEGORY}/embeds",
+            description="Turns expression features into per-latent-frame token windows for the patched Wan model.",
+            inputs=[
+                AdapterIO.Input("adapter", tooltip="From FantasyPortrait Model Loader."),
+                FeaturesIO.Input("features", tooltip="From FantasyPortrait Expression Extractor."),
+                io.Int.Input("person", default=-1, min=-1, max=15, tooltip="Which tracked person drives the portrait: "
+                             "-1 = the largest face (the released rule; switches and ties are logged), or a person "
+                             "number (0 = leftmost)."),
+                io.Int.Input("num_frames", default=0, min=0, max=4097, step=1, tooltip="Output length in frames (4k+1, "
+                             "as in WanImageToVideo's length). 0 = from the driving clip."),
+                io.Combo.Input("frame_fit", options=["trim", "pad"], default="trim", tooltip="When the clip is not "
+                               "4k+1 frames long (or differs from num_frames): trim it (released behaviour) or pad by "
+                               "repeating the last frame."),
+                io.Float.Input("proj_scale", **SCALE, tooltip="Strength of the 4 projection tokens (head pose, eyes, "
+                               "emotion, mouth)."),
+                io.Float.Input("mouth_scale", **SCALE, tooltip="Strength of the 16 lip tokens."),
+                io.Float.Input("emo_scale", **SCALE, tooltip="Strength of the 4 emotion tokens."),
+                io.Float.Input("fps", default=0.0, min=0.0, max=120.0, step=0.01, optional=True, tooltip="Resample "
+                               "the driving motion to this frame rate (nearest frame) before fitting the length, e.g. "
+                               "to give several drivers one rate (the released code uses 25). 0 keeps the clip's "
+                               "rate."),
+            ],
+            outputs=[
+                EmbedsIO.Output("portrait_embeds", display_name="portrait_embeds", tooltip="Tokens and windows for "
+                                "the patched Wan model."),
+                io.Int.Output("num_frames_out", display_name="num_frames", tooltip="Output length in frames (for "
+                              "WanImageToVideo's length)."),
+                io.Float.Output("fps_out", display_name="fps", tooltip="Frame rate of the driving motion after any "
+                                "resampling: connect it to Create Video's fps so the video plays at the motion's "
+                                "speed."),
+            ],
+        )
 
-    RETURN_TYPES = ("FANTASYPORTRAIT_EMBEDS", "INT", "FLOAT")
-    RETURN_NAMES = ("portrait_embeds", "num_frames", "fps")
-    OUTPUT_TOOLTIPS = ("Tokens and windows for the patched Wan model.", "Output length in frames (for "
-                       "WanImageToVideo's length).", "Frame rate of the driving motion after any resampling: "
-                       "connect it to Create Video's fps so the video plays at the motion's speed.")
-    FUNCTION = "encode"
-    CATEGORY = f"{CATEGORY}/embeds"
-    DESCRIPTION = "Turns expression features into per-latent-frame token windows for the patched Wan model."
-
-    def encode(self, adapter, features, person, num_frames, frame_fit, proj_scale, mouth_scale, emo_scale, fps=0.0):
+    @classmethod
+    def execute(cls, adapter, features, person, num_frames, frame_fit, proj_scale, mouth_scale, emo_scale,
+                fps=0.0) -> io.NodeOutput:
         from .wan_patch import load_managed, managed_module
         from ..fantasyportrait_core.video import resample_indices
 
         require_finite(proj_scale=proj_scale, mouth_scale=mouth_scale, emo_scale=emo_scale, fps=fps)
-        feats = features["features"]
-        tracks = features.get("tracks")
+        feats, tracks = features.features, features.tracks
         if person < 0 and tracks is None:  # features made without the tracker: only one person can be meant
             if feats.shape[0] > 1:
                 raise FantasyPortraitError("These features carry no face tracks, so the largest face is unknown: set "
@@ -77,7 +85,7 @@ class FantasyPortraitEncode:
                                        f"person(s) (numbered from 0, left to right).")
         feats = feats[person:person + 1]
         boxes = tracks.boxes[person] if tracks is not None else None
-        rate = features.get("fps")
+        rate = features.fps
         if fps and rate and abs(fps - rate) > 1e-3:
             idx = resample_indices(feats.shape[1], rate, fps)
             feats = feats[:, torch.from_numpy(idx)]
@@ -97,44 +105,54 @@ class FantasyPortraitEncode:
             boxes = boxes[:embeds.num_frames]
             if len(boxes) < embeds.num_frames:
                 boxes = np.concatenate([boxes, np.repeat(boxes[-1:], embeds.num_frames - len(boxes), 0)])
-        return (PortraitConditioning(embeds, fps=rate, driver_boxes=boxes), embeds.num_frames,
-                float(rate or DEFAULT_FPS))
+        return io.NodeOutput(PortraitConditioning(embeds, fps=rate, driver_boxes=boxes), embeds.num_frames,
+                             float(rate or DEFAULT_FPS))
 
 
-class FantasyPortraitMultiCombine:
+class FantasyPortraitMultiCombine(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls):
-        embeds = ("FANTASYPORTRAIT_EMBEDS", {"tooltip": "One person's embeds from FantasyPortrait Encode (choose the "
-                                             "person there). Drivers are numbered in input order."})
-        return {"required": {
-            "face_models": ("FANTASYPORTRAIT_FACE_MODELS", {"tooltip": "Finds the faces in the portrait (same "
-                                                            "detector as the driving clips)."}),
-            "image": ("IMAGE", {"tooltip": "The portrait with several people (the start image of WanImageToVideo)."}),
-            "width": ("INT", {"default": 832, "min": 16, "max": 4096, "step": 8, "tooltip": "Output width: the same "
-                              "as WanImageToVideo's."}),
-            "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 8, "tooltip": "Output height: the same "
-                               "as WanImageToVideo's."}),
-            "embeds_1": embeds, "embeds_2": embeds,
-            "mapping": ("STRING", {"default": "", "tooltip": "Which driver animates each face, faces left to right, "
-                                   "e.g. '2,1'. Empty: driver k animates face k."}),
-            "background": (["all", "none"], {"default": "all", "tooltip": "What tokens outside every face region "
-                                             "attend to: all drivers (released) or none (no portrait there)."}),
-            "strengths": ("STRING", {"default": "", "tooltip": "Per-person portrait strength in face order, e.g. "
-                                     "'1.0,0.7' (one number applies to all). Empty: 1 for everyone."}),
-        }, "optional": {"embeds_3": embeds, "embeds_4": embeds}}
+    def define_schema(cls):
+        def embeds(name, optional=False):
+            return EmbedsIO.Input(name, optional=optional, tooltip="One person's embeds from FantasyPortrait Encode "
+                                  "(choose the person there). Drivers are numbered in input order.")
 
-    RETURN_TYPES = ("FANTASYPORTRAIT_EMBEDS", "INT", "IMAGE", "FLOAT")
-    RETURN_NAMES = ("portrait_embeds", "num_frames", "regions_preview", "fps")
-    OUTPUT_TOOLTIPS = ("Tokens, windows and mask of every person.", "Output length in frames.",
-                       "Each person's region tinted and numbered.", "Frame rate of the first driver's motion: "
-                       "connect it to Create Video's fps.")
-    FUNCTION = "combine"
-    CATEGORY = f"{CATEGORY}/embeds"
-    DESCRIPTION = ("Several people in one portrait, each driven by their own driver: regions from the faces and the "
-                   "drivers' motion, and a mask so each face only follows its own driver.")
+        return io.Schema(
+            node_id="FantasyPortraitMultiCombine", display_name="FantasyPortrait Multi-Portrait Combine",
+            category=f"{CATEGORY}/embeds",
+            description="Several people in one portrait, each driven by their own driver: regions from the faces and "
+                        "the drivers' motion, and a mask so each face only follows its own driver.",
+            inputs=[
+                FaceModelsIO.Input("face_models", tooltip="Finds the faces in the portrait (same detector as the "
+                                   "driving clips)."),
+                io.Image.Input("image", tooltip="The portrait with several people (the start image of "
+                               "WanImageToVideo)."),
+                io.Int.Input("width", default=832, min=16, max=4096, step=8, tooltip="Output width: the same as "
+                             "WanImageToVideo's."),
+                io.Int.Input("height", default=480, min=16, max=4096, step=8, tooltip="Output height: the same as "
+                             "WanImageToVideo's."),
+                embeds("embeds_1"), embeds("embeds_2"),
+                io.String.Input("mapping", default="", tooltip="Which driver animates each face, faces left to right, "
+                                "e.g. '2,1'. Empty: driver k animates face k."),
+                io.Combo.Input("background", options=["all", "none"], default="all", tooltip="What tokens outside "
+                               "every face region attend to: all drivers (released) or none (no portrait there)."),
+                io.String.Input("strengths", default="", tooltip="Per-person portrait strength in face order, e.g. "
+                                "'1.0,0.7' (one number applies to all). Empty: 1 for everyone."),
+                embeds("embeds_3", optional=True), embeds("embeds_4", optional=True),
+            ],
+            outputs=[
+                EmbedsIO.Output("portrait_embeds", display_name="portrait_embeds", tooltip="Tokens, windows and mask "
+                                "of every person."),
+                io.Int.Output("num_frames", display_name="num_frames", tooltip="Output length in frames."),
+                io.Image.Output("regions_preview", display_name="regions_preview", tooltip="Each person's region "
+                                "tinted and numbered."),
+                io.Float.Output("fps", display_name="fps", tooltip="Frame rate of the first driver's motion: connect "
+                                "it to Create Video's fps."),
+            ],
+        )
 
-    def combine(self, face_models, image, width, height, embeds_1, embeds_2, mapping, background, strengths,
-                embeds_3=None, embeds_4=None):
+    @classmethod
+    def execute(cls, face_models, image, width, height, embeds_1, embeds_2, mapping, background, strengths,
+                embeds_3=None, embeds_4=None) -> io.NodeOutput:
         from ..fantasyportrait_core.branch.multi import (combine, draw_regions, map_boxes_to_output, parse_mapping,
                                                   parse_strengths)
 
@@ -166,14 +184,7 @@ class FantasyPortraitMultiCombine:
         preview = draw_regions(frames_to_uint8(resized)[0], out["regions"], faces)
         result = PortraitConditioning(embeds, fps=drivers[0].fps, mask=out["mask"], query_scale=out["query_scale"],
                                       size=(width, height))
-        return (result, embeds.num_frames, to_image(preview[None]), float(drivers[0].fps or DEFAULT_FPS))
+        return io.NodeOutput(result, embeds.num_frames, to_image(preview[None]), float(drivers[0].fps or DEFAULT_FPS))
 
 
-NODE_CLASS_MAPPINGS = {
-    "FantasyPortraitEncode": FantasyPortraitEncode,
-    "FantasyPortraitMultiCombine": FantasyPortraitMultiCombine,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "FantasyPortraitEncode": "FantasyPortrait Encode",
-    "FantasyPortraitMultiCombine": "FantasyPortrait Multi-Portrait Combine",
-}
+NODES = [FantasyPortraitEncode, FantasyPortraitMultiCombine]

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import torch
 
+from comfy_api.latest import io
+
 from ..fantasyportrait_core.errors import FantasyPortraitError, require_finite
-from ..fantasyportrait_core.motion.extraction import (check_driving_frames, crops_and_preview, encode_crops,
-                                                      frames_to_uint8)
 from ..fantasyportrait_core.faces.tracking import keep_persons, track_faces
+from ..fantasyportrait_core.motion.extraction import (ExpressionFeatures, TrackedFaces, check_driving_frames,
+                                                      crops_and_preview, encode_crops, frames_to_uint8)
 from ..fantasyportrait_core.tokens.windows import check_clip_length
-from .common import CATEGORY, DEFAULT_FPS, PREVIEW_SIDE, Progress, log, to_image
+from .common import (CATEGORY, DEFAULT_FPS, PREVIEW_SIDE, FaceModelsIO, FeaturesIO, Progress, TracksIO, log,
+                     to_image)
 
 
 def _video_source(video):
@@ -18,43 +21,52 @@ def _video_source(video):
     return get() if callable(get) else None
 
 
-class FantasyPortraitFaceTracker:
+class FantasyPortraitFaceTracker(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "face_models": ("FANTASYPORTRAIT_FACE_MODELS", {"tooltip": "From FantasyPortrait Face Model Loader."}),
-            "min_face": ("INT", {"default": 96, "min": 16, "max": 1024, "tooltip": "Smallest face kept (landmark box "
-                                 "side, pixels). The released value is 96; lower it for small faces."}),
-            "persons": ("INT", {"default": 0, "min": 0, "max": 16, "tooltip": "Keep the N persons found in most "
-                                "frames (0 = everyone). Persons are numbered left to right."}),
-        }, "optional": {
-            "video": ("VIDEO", {"tooltip": "Driving video straight from Load Video: only the frames used are decoded, "
-                                "one at a time, so a long clip costs no more memory than a short one. Use this or "
-                                "images."}),
-            "images": ("IMAGE", {"tooltip": "Driving frames as images (e.g. from Get Video Components), instead of "
-                                 "video. They are already all in memory; the frame window below still applies."}),
-            "start_frame": ("INT", {"default": 0, "min": 0, "max": 1_000_000, "tooltip": "Skip this many frames of "
-                                    "the clip (counted at the fps below)."}),
-            "length": ("INT", {"default": 81, "min": 0, "max": 100_000, "tooltip": "Frames to use from start_frame: "
-                               "4k+1 (81 as released, about 3 s at 25 fps), or 0 for the whole clip."}),
-            "fps": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 120.0, "step": 0.01, "tooltip": "Retime the video "
-                              "to this frame rate (nearest frame) before taking the frames; the released multi-person "
-                              "code uses 25. 0 keeps the clip's rate. Needs the video input."}),
-        }}
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FantasyPortraitFaceTracker", display_name="FantasyPortrait Face Tracker",
+            category=f"{CATEGORY}/faces",
+            description="Detects and tracks every face through the used frames of the driving clip with stable ids, "
+                        "fills frames where a person was missed (reported in the log), and shows boxes, ids and "
+                        "landmarks.",
+            inputs=[
+                FaceModelsIO.Input("face_models", tooltip="From FantasyPortrait Face Model Loader."),
+                io.Int.Input("min_face", default=96, min=16, max=1024, tooltip="Smallest face kept (landmark box "
+                             "side, pixels). The released value is 96; lower it for small faces."),
+                io.Int.Input("persons", default=0, min=0, max=16, tooltip="Keep the N persons found in most frames "
+                             "(0 = everyone). Persons are numbered left to right."),
+                io.Video.Input("video", optional=True, tooltip="Driving video straight from Load Video: only the "
+                               "frames used are decoded, one at a time, so a long clip costs no more memory than a "
+                               "short one. Use this or images."),
+                io.Image.Input("images", optional=True, tooltip="Driving frames as images (e.g. from Get Video "
+                               "Components), instead of video. They are already all in memory; the frame window "
+                               "below still applies."),
+                io.Int.Input("start_frame", default=0, min=0, max=1_000_000, optional=True, tooltip="Skip this many "
+                             "frames of the clip (counted at the fps below)."),
+                io.Int.Input("length", default=81, min=0, max=100_000, optional=True, tooltip="Frames to use from "
+                             "start_frame: 4k+1 (81 as released, about 3 s at 25 fps), or 0 for the whole clip."),
+                io.Float.Input("fps", default=0.0, min=0.0, max=120.0, step=0.01, optional=True, tooltip="Retime the "
+                               "video to this frame rate (nearest frame) before taking the frames; the released "
+                               "multi-person code uses 25. 0 keeps the clip's rate. Needs the video input."),
+            ],
+            outputs=[
+                TracksIO.Output("tracks", display_name="tracks", tooltip="Face tracks and aligned faces, for the "
+                                "Expression Extractor."),
+                io.Image.Output("aligned_faces", display_name="aligned_faces", tooltip="The 224x224 faces the motion "
+                                "encoder sees, person by person."),
+                io.Image.Output("preview", display_name="preview", tooltip="The used frames (long side 512) with "
+                                "boxes, ids and landmarks."),
+                io.Float.Output("fps_out", display_name="fps", tooltip="Frame rate of the used frames (from the video, "
+                                "after any retiming; 25 for images)."),
+                io.Audio.Output("audio", display_name="audio", tooltip="The driving video's audio from the first used "
+                                "frame on (none for images): connect it to Create Video."),
+            ],
+        )
 
-    RETURN_TYPES = ("FANTASYPORTRAIT_TRACKS", "IMAGE", "IMAGE", "FLOAT", "AUDIO")
-    RETURN_NAMES = ("tracks", "aligned_faces", "preview", "fps", "audio")
-    OUTPUT_TOOLTIPS = ("Face tracks and aligned faces, for the Expression Extractor.", "The 224x224 faces the motion "
-                       "encoder sees, person by person.", "The used frames (long side 512) with boxes, ids and "
-                       "landmarks.", "Frame rate of the used frames (from the video, after any retiming; 25 for "
-                       "images).", "The driving video's audio from the first used frame on (none for images): "
-                       "connect it to Create Video.")
-    FUNCTION = "track"
-    CATEGORY = f"{CATEGORY}/faces"
-    DESCRIPTION = ("Detects and tracks every face through the used frames of the driving clip with stable ids, fills "
-                   "frames where a person was missed (reported in the log), and shows boxes, ids and landmarks.")
-
-    def track(self, face_models, min_face, persons, video=None, images=None, start_frame=0, length=81, fps=0.0):
+    @classmethod
+    def execute(cls, face_models, min_face, persons, video=None, images=None, start_frame=0, length=81,
+                fps=0.0) -> io.NodeOutput:
         from ..fantasyportrait_core.video import DrivingFrames, read_audio
 
         require_finite(fps=fps)
@@ -90,45 +102,38 @@ class FantasyPortraitFaceTracker:
         # the aligned faces are all the next node needs: keep them (224x224 per face), not the full frames
         crops, preview = crops_and_preview(frames, tracks, max_side=PREVIEW_SIDE,  # one pass over the clip
                                            progress=lambda d, t: bar(2 * n + d, 3 * n))
-        return ({"tracks": tracks, "crops": crops, "fps": rate}, to_image(crops.reshape(-1, 224, 224, 3)),
-                to_image(preview), rate, audio)
+        return io.NodeOutput(TrackedFaces(tracks, crops, rate), to_image(crops.reshape(-1, 224, 224, 3)),
+                             to_image(preview), rate, audio)
 
 
-class FantasyPortraitExpressionExtractor:
+class FantasyPortraitExpressionExtractor(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "face_models": ("FANTASYPORTRAIT_FACE_MODELS", {"tooltip": "From FantasyPortrait Face Model Loader."}),
-            "tracks": ("FANTASYPORTRAIT_TRACKS", {"tooltip": "From FantasyPortrait Face Tracker."}),
-        }, "optional": {
-            "fps": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 120.0, "tooltip": "Frame rate of the driving "
-                              "frames, kept with the features so the output video can use it. 0 = the tracker's "
-                              "(the video's rate; 25 for images)."}),
-        }}
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FantasyPortraitExpressionExtractor", display_name="FantasyPortrait Expression Extractor",
+            category=f"{CATEGORY}/faces",
+            description="Runs the PD-FGC motion encoder on every aligned face: per person, 554 numbers per frame.",
+            inputs=[
+                FaceModelsIO.Input("face_models", tooltip="From FantasyPortrait Face Model Loader."),
+                TracksIO.Input("tracks", tooltip="From FantasyPortrait Face Tracker."),
+                io.Float.Input("fps", default=0.0, min=0.0, max=120.0, optional=True, tooltip="Frame rate of the "
+                               "driving frames, kept with the features so the output video can use it. 0 = the "
+                               "tracker's (the video's rate; 25 for images)."),
+            ],
+            outputs=[FeaturesIO.Output("features", display_name="features")],
+        )
 
-    RETURN_TYPES = ("FANTASYPORTRAIT_FEATURES",)
-    RETURN_NAMES = ("features",)
-    FUNCTION = "extract"
-    CATEGORY = f"{CATEGORY}/faces"
-    DESCRIPTION = "Runs the PD-FGC motion encoder on every aligned face: per person, 554 numbers per frame."
-
-    def extract(self, face_models, tracks, fps=0.0):
+    @classmethod
+    def execute(cls, face_models, tracks, fps=0.0) -> io.NodeOutput:
         from .wan_patch import load_managed, managed_module
 
         require_finite(fps=fps)
-        t, crops = tracks["tracks"], tracks["crops"].reshape(-1, 224, 224, 3)
+        t, crops = tracks.tracks, tracks.crops.reshape(-1, 224, 224, 3)
         device = getattr(face_models, "torch_device", torch.device("cpu"))
         encoder, device = load_managed(managed_module(face_models, "_comfy_motion", face_models.motion_encoder, device))
         feats = encode_crops(encoder, crops, device=device, progress=Progress(len(crops)))
-        rate = fps or tracks.get("fps") or DEFAULT_FPS
-        return ({"features": feats.reshape(t.num_persons, t.num_frames, -1), "fps": rate, "tracks": t},)
+        rate = fps or tracks.fps or DEFAULT_FPS
+        return io.NodeOutput(ExpressionFeatures(feats.reshape(t.num_persons, t.num_frames, -1), t, rate))
 
 
-NODE_CLASS_MAPPINGS = {
-    "FantasyPortraitFaceTracker": FantasyPortraitFaceTracker,
-    "FantasyPortraitExpressionExtractor": FantasyPortraitExpressionExtractor,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "FantasyPortraitFaceTracker": "FantasyPortrait Face Tracker",
-    "FantasyPortraitExpressionExtractor": "FantasyPortrait Expression Extractor",
-}
+NODES = [FantasyPortraitFaceTracker, FantasyPortraitExpressionExtractor]

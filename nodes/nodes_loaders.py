@@ -6,76 +6,72 @@ import torch
 
 import comfy.model_management
 import folder_paths
+from comfy_api.latest import io
 
-from ..fantasyportrait_core.tokens.checkpoint import load_adapter
-from ..fantasyportrait_core.errors import FantasyPortraitError
-from ..fantasyportrait_core.motion.extraction import FaceModels
 from ..fantasyportrait_core.faces.models import FaceDetector, LandmarkModel
 from ..fantasyportrait_core.motion.encoder import load_motion_encoder
-from .common import CATEGORY, FOLDER, adapter_files, adapter_path, register_model_folder
-
+from ..fantasyportrait_core.motion.extraction import FaceModels
+from ..fantasyportrait_core.tokens.checkpoint import load_adapter
+from .common import (CATEGORY, FOLDER, AdapterIO, FaceModelsIO, adapter_files, model_path,
+                     register_model_folder)
 
 register_model_folder()
 
 
-class FantasyPortraitModelLoader:
+class FantasyPortraitModelLoader(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model_name": (adapter_files(), {"tooltip": "FantasyPortrait adapter: fantasyportrait_model.ckpt or "
-                                             "Wan2_1_FantasyPortrait_fp16.safetensors, from models/fantasyportrait/ "
-                                             "(or models/diffusion_models/)."}),
-            "dtype": (["bf16", "fp16", "fp32"], {"default": "bf16", "tooltip": "Precision of the adapter weights."}),
-        }}
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FantasyPortraitModelLoader", display_name="FantasyPortrait Model Loader",
+            category=f"{CATEGORY}/loaders",
+            description="Loads the FantasyPortrait adapter (expression-token encoder and per-block projections).",
+            inputs=[
+                io.Combo.Input("model_name", options=adapter_files(), tooltip="FantasyPortrait adapter: "
+                               "fantasyportrait_model.ckpt or Wan2_1_FantasyPortrait_fp16.safetensors, from "
+                               "models/fantasyportrait/ (or models/diffusion_models/)."),
+                io.Combo.Input("dtype", options=["bf16", "fp16", "fp32"], default="bf16",
+                               tooltip="Precision of the adapter weights."),
+            ],
+            outputs=[AdapterIO.Output("adapter", display_name="adapter")],
+        )
 
-    RETURN_TYPES = ("FANTASYPORTRAIT_MODEL",)
-    RETURN_NAMES = ("adapter",)
-    FUNCTION = "load"
-    CATEGORY = f"{CATEGORY}/loaders"
-    DESCRIPTION = "Loads the FantasyPortrait adapter (expression-token encoder and per-block projections)."
-
-    def load(self, model_name, dtype):
+    @classmethod
+    def execute(cls, model_name, dtype) -> io.NodeOutput:
         # ComfyUI's node cache keeps the loaded adapter while the graph uses it and releases it on "free memory"
-        return (load_adapter(adapter_path(model_name), dtype=dtype),)
+        return io.NodeOutput(load_adapter(model_path(model_name), dtype=dtype))
 
 
-class FantasyPortraitFaceModelLoader:
+class FantasyPortraitFaceModelLoader(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls):
+    def define_schema(cls):
         onnx = [f for f in folder_paths.get_filename_list(FOLDER) if f.lower().endswith(".onnx")]
         motion = [f for f in folder_paths.get_filename_list(FOLDER) if f.lower().endswith((".pth", ".safetensors"))]
         motion += [f for f in folder_paths.get_filename_list("diffusion_models") if "portrait" in f.lower()]
-        return {"required": {
-            "detector": (onnx, {"default": "face_det.onnx", "tooltip": "Released face detector face_det.onnx "
-                                "(models/fantasyportrait/)."}),
-            "landmarks": (onnx, {"default": "face_landmark.onnx", "tooltip": "Released 222-point landmark model "
-                                 "face_landmark.onnx (models/fantasyportrait/)."}),
-            "motion_encoder": (motion, {"tooltip": "PD-FGC motion encoder: pd_fpg.pth, or the single-file "
-                                        "FantasyPortrait .safetensors (its pd_fpg. part is used)."}),
-            "device": (["auto", "cpu"], {"default": "auto", "tooltip": "auto: the GPU ComfyUI uses (ONNX models "
-                                         "on CUDA when onnxruntime-gpu is installed); cpu: keep the face models off "
-                                         "the GPU."}),
-        }, "optional": {
-            "insightface_dir": ("STRING", {"default": "", "tooltip": "Optional: a local insightface model folder "
-                                           "(e.g. models/insightface/models/buffalo_l) to detect faces with SCRFD "
-                                           "instead of the released detector. Needs the insightface package."}),
-        }}
+        return io.Schema(
+            node_id="FantasyPortraitFaceModelLoader", display_name="FantasyPortrait Face Model Loader",
+            category=f"{CATEGORY}/loaders",
+            description="Loads the face detector, landmark model and motion encoder once; reused across runs.",
+            inputs=[
+                io.Combo.Input("detector", options=onnx, default="face_det.onnx", tooltip="Released face detector "
+                               "face_det.onnx (models/fantasyportrait/)."),
+                io.Combo.Input("landmarks", options=onnx, default="face_landmark.onnx", tooltip="Released 222-point "
+                               "landmark model face_landmark.onnx (models/fantasyportrait/)."),
+                io.Combo.Input("motion_encoder", options=motion, tooltip="PD-FGC motion encoder: pd_fpg.pth, or the "
+                               "single-file FantasyPortrait .safetensors (its pd_fpg. part is used)."),
+                io.Combo.Input("device", options=["auto", "cpu"], default="auto", tooltip="auto: the GPU ComfyUI uses "
+                               "(ONNX models on CUDA when onnxruntime-gpu is installed); cpu: keep the face models "
+                               "off the GPU."),
+                io.String.Input("insightface_dir", default="", optional=True, tooltip="Optional: a local insightface "
+                                "model folder (e.g. models/insightface/models/buffalo_l) to detect faces with SCRFD "
+                                "instead of the released detector. Needs the insightface package."),
+            ],
+            outputs=[FaceModelsIO.Output("face_models", display_name="face_models")],
+        )
 
-    RETURN_TYPES = ("FANTASYPORTRAIT_FACE_MODELS",)
-    RETURN_NAMES = ("face_models",)
-    FUNCTION = "load"
-    CATEGORY = f"{CATEGORY}/loaders"
-    DESCRIPTION = "Loads the face detector, landmark model and motion encoder once; reused across runs."
-
-    def load(self, detector, landmarks, motion_encoder, device, insightface_dir=""):
-        def full(name):
-            path = folder_paths.get_full_path(FOLDER, name) or folder_paths.get_full_path("diffusion_models", name)
-            if path is None:
-                raise FantasyPortraitError(f"{name} not found in models/{FOLDER}/.")
-            return path
-
-        paths = [full(detector), full(landmarks), full(motion_encoder)]
+    @classmethod
+    def execute(cls, detector, landmarks, motion_encoder, device, insightface_dir="") -> io.NodeOutput:
         providers = ["CPUExecutionProvider"] if device == "cpu" else None
+        paths = [model_path(detector), model_path(landmarks), model_path(motion_encoder)]
         enc = load_motion_encoder(paths[2])
         if insightface_dir.strip():
             from ..fantasyportrait_core.faces.models import InsightFaceDetector
@@ -85,14 +81,7 @@ class FantasyPortraitFaceModelLoader:
             det = FaceDetector(paths[0], providers)
         models = FaceModels(det, LandmarkModel(paths[1], providers), enc)
         models.torch_device = comfy.model_management.get_torch_device() if device == "auto" else torch.device("cpu")
-        return (models,)
+        return io.NodeOutput(models)
 
 
-NODE_CLASS_MAPPINGS = {
-    "FantasyPortraitModelLoader": FantasyPortraitModelLoader,
-    "FantasyPortraitFaceModelLoader": FantasyPortraitFaceModelLoader,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "FantasyPortraitModelLoader": "FantasyPortrait Model Loader",
-    "FantasyPortraitFaceModelLoader": "FantasyPortrait Face Model Loader",
-}
+NODES = [FantasyPortraitModelLoader, FantasyPortraitFaceModelLoader]

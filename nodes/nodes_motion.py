@@ -3,61 +3,63 @@ emotion, mouth) between the Expression Extractor and Encode. Logic in ``fantasyp
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 
 import torch
+
+from comfy_api.latest import io
 
 from ..fantasyportrait_core.errors import FantasyPortraitError
 from ..fantasyportrait_core.motion.control import (COMPONENTS, MODES, ComponentControl, MotionControl,
                                                    apply_motion_control, draw_motion_preview)
-from .common import CATEGORY
-
-log = logging.getLogger("FantasyPortrait")
+from .common import CATEGORY, FeaturesIO, log
 
 MODE_TIP = ("follow: as driven; freeze: hold the reference frame's value; scale: reference + amount x (driven - "
             "reference), below 1 calms, above 1 exaggerates.")
 
 
-def _component_inputs(name: str, label: str) -> dict:
-    return {
-        f"{name}_mode": (list(MODES), {"default": "follow", "tooltip": f"{label.capitalize()}: {MODE_TIP}"}),
-        f"{name}_amount": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05, "tooltip":
-                                     f"{label.capitalize()} scale amount (used by mode 'scale'; 1 = as driven, "
-                                     "0 = frozen)."}),
-        f"{name}_smooth": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 20.0, "step": 0.5, "tooltip":
-                                     f"Temporal smoothing of the {label} (Gaussian sigma in frames, centred so the "
-                                     "timing does not shift); 0 = off. Removes jitter."}),
-    }
+def _component_inputs(name: str, label: str) -> list:
+    return [
+        io.Combo.Input(f"{name}_mode", options=list(MODES), default="follow",
+                       tooltip=f"{label.capitalize()}: {MODE_TIP}"),
+        io.Float.Input(f"{name}_amount", default=1.0, min=0.0, max=3.0, step=0.05, tooltip=f"{label.capitalize()} "
+                       "scale amount (used by mode 'scale'; 1 = as driven, 0 = frozen)."),
+        io.Float.Input(f"{name}_smooth", default=0.0, min=0.0, max=20.0, step=0.5, tooltip=f"Temporal smoothing of "
+                       f"the {label} (Gaussian sigma in frames, centred so the timing does not shift); 0 = off. "
+                       "Removes jitter."),
+    ]
 
 
-class FantasyPortraitMotionControl:
+class FantasyPortraitMotionControl(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls):
-        inputs = {"features": ("FANTASYPORTRAIT_FEATURES", {"tooltip": "From FantasyPortrait Expression Extractor "
-                                                             "(or another Motion Control node)."}),
-                  "person": ("INT", {"default": -1, "min": -1, "max": 15, "tooltip": "Which tracked person to edit "
-                                     "(numbered from 0, left to right); -1 = every person. Chain nodes for "
-                                     "different edits per person."})}
-        for name, label in COMPONENTS.items():
-            inputs.update(_component_inputs(name, label))
-        inputs["reference_frame"] = ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "Frame whose value "
-                                             "freeze holds and scale measures from (0 = the first frame)."})
-        return {"required": inputs}
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FantasyPortraitMotionControl", display_name="FantasyPortrait Motion Control",
+            category=f"{CATEGORY}/motion",
+            description="Per-component motion control on the expression features, before they become tokens (so "
+                        "they stay in the trained distribution): follow, freeze, scale and smooth head pose, eyes, "
+                        "emotion and mouth, e.g. a talking portrait with a still head (head pose: freeze). The "
+                        "preview plots each component's motion over time before (grey) and after (colour) the edit.",
+            inputs=[
+                FeaturesIO.Input("features", tooltip="From FantasyPortrait Expression Extractor (or another Motion "
+                                 "Control node)."),
+                io.Int.Input("person", default=-1, min=-1, max=15, tooltip="Which tracked person to edit (numbered "
+                             "from 0, left to right); -1 = every person. Chain nodes for different edits per "
+                             "person."),
+                *[i for name, label in COMPONENTS.items() for i in _component_inputs(name, label)],
+                io.Int.Input("reference_frame", default=0, min=0, max=100000, tooltip="Frame whose value freeze holds "
+                             "and scale measures from (0 = the first frame)."),
+            ],
+            outputs=[FeaturesIO.Output("features_out", display_name="features"),
+                     io.Image.Output("preview", display_name="preview")],
+        )
 
-    RETURN_TYPES = ("FANTASYPORTRAIT_FEATURES", "IMAGE")
-    RETURN_NAMES = ("features", "preview")
-    FUNCTION = "control"
-    CATEGORY = f"{CATEGORY}/motion"
-    DESCRIPTION = ("Per-component motion control on the expression features, before they become tokens (so they stay "
-                   "in the trained distribution): follow, freeze, scale and smooth head pose, eyes, emotion and mouth, "
-                   "e.g. a talking portrait with a still head (head pose: freeze). The preview plots each component's "
-                   "motion over time before (grey) and after (colour) the edit.")
-
-    def control(self, features, person, reference_frame, **widgets):
+    @classmethod
+    def execute(cls, features, person, reference_frame, **widgets) -> io.NodeOutput:
         control = MotionControl(**{name: ComponentControl(widgets[f"{name}_mode"], widgets[f"{name}_amount"],
                                                           widgets[f"{name}_smooth"]) for name in COMPONENTS},
                                 reference_frame=reference_frame)
-        feats = features["features"]
+        feats = features.features
         if person >= feats.shape[0]:
             raise FantasyPortraitError(f"Person {person} was asked for but the driving clip has {feats.shape[0]} "
                                        "person(s) (numbered from 0, left to right; -1 = every person).")
@@ -67,8 +69,8 @@ class FantasyPortraitMotionControl:
                      control.describe())
         shown = max(person, 0)
         preview = draw_motion_preview(feats[shown], edited[shown], reference_frame)
-        return ({**features, "features": edited}, torch.from_numpy(preview).float()[None] / 255.0)
+        return io.NodeOutput(dataclasses.replace(features, features=edited),
+                             torch.from_numpy(preview).float()[None] / 255.0)
 
 
-NODE_CLASS_MAPPINGS = {"FantasyPortraitMotionControl": FantasyPortraitMotionControl}
-NODE_DISPLAY_NAME_MAPPINGS = {"FantasyPortraitMotionControl": "FantasyPortrait Motion Control"}
+NODES = [FantasyPortraitMotionControl]

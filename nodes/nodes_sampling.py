@@ -7,10 +7,11 @@ import comfy.sample
 import comfy.samplers
 import comfy.utils
 import latent_preview
+from comfy_api.latest import io
 
 from ..fantasyportrait_core.errors import FantasyPortraitError
 from ..fantasyportrait_core.branch.conditioning import PortraitConditioning
-from .common import CATEGORY
+from .common import CATEGORY, AdapterIO, EmbedsIO
 
 
 def _patch(model, adapter, portrait_embeds, strength, start_percent, end_percent):
@@ -25,43 +26,50 @@ def _patch(model, adapter, portrait_embeds, strength, start_percent, end_percent
                           mask, portrait_embeds.query_scale, grid=grid, size=size)
 
 
-PATCH_INPUTS = {
-    "adapter": ("FANTASYPORTRAIT_MODEL", {"tooltip": "From FantasyPortrait Model Loader."}),
-    "portrait_embeds": ("FANTASYPORTRAIT_EMBEDS", {"tooltip": "From FantasyPortrait Encode (or the multi-portrait "
-                                                   "node)."}),
-    "portrait_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "Scale of the "
-                                    "adapter's cross-attention (1 = as trained; 0 = off)."}),
-    "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Sampling progress "
-                                "at which the portrait starts to act."}),
-    "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Sampling progress "
-                              "after which it stops."}),
-}
+def _patch_inputs() -> list:
+    return [
+        AdapterIO.Input("adapter", tooltip="From FantasyPortrait Model Loader."),
+        EmbedsIO.Input("portrait_embeds", tooltip="From FantasyPortrait Encode (or the multi-portrait node)."),
+        io.Float.Input("portrait_strength", default=1.0, min=0.0, max=10.0, step=0.01, tooltip="Scale of the "
+                       "adapter's cross-attention (1 = as trained; 0 = off)."),
+        io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01, tooltip="Sampling progress at which "
+                       "the portrait starts to act."),
+        io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="Sampling progress after "
+                       "which it stops."),
+    ]
 
 
-class FantasyPortraitApply:
+def _guide_inputs() -> list:
+    return [
+        io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Text guidance. Released "
+                       "setting: 1 (then the negative prompt is not evaluated)."),
+        io.Float.Input("portrait_cfg", default=4.0, min=0.0, max=20.0, step=0.1, round=0.01, tooltip="Portrait "
+                       "guidance (released: 4). 1 or less = none (plain CFG with the portrait in every pass, no extra "
+                       "model pass)."),
+    ]
+
+
+def _conds() -> list:
+    return [io.Conditioning.Input(name, tooltip="From WanImageToVideo.") for name in ("positive", "negative")]
+
+
+class FantasyPortraitApply(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL", {"tooltip": "Native Wan 2.1 I2V 14B model (Load Diffusion Model); "
-                                                 "LoRAs may be applied before or after."}), **PATCH_INPUTS}}
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FantasyPortraitApply", display_name="FantasyPortrait Apply (MODEL patch)",
+            category=f"{CATEGORY}/sampling",
+            description="Adds the portrait cross-attention to every Wan block (a patched copy; your MODEL is "
+                        "unchanged). Use with FantasyPortrait Guider for portrait_cfg; with a plain sampler the "
+                        "portrait acts in every pass.",
+            inputs=[io.Model.Input("model", tooltip="Native Wan 2.1 I2V 14B model (Load Diffusion Model); LoRAs may "
+                                   "be applied before or after."), *_patch_inputs()],
+            outputs=[io.Model.Output("MODEL", display_name="MODEL")],
+        )
 
-    RETURN_TYPES = ("MODEL",)
-    FUNCTION = "apply"
-    CATEGORY = f"{CATEGORY}/sampling"
-    DESCRIPTION = ("Adds the portrait cross-attention to every Wan block (a patched copy; your MODEL is unchanged). "
-                   "Use with FantasyPortrait Guider for portrait_cfg; with a plain sampler the portrait acts in every "
-                   "pass.")
-
-    def apply(self, model, adapter, portrait_embeds, portrait_strength, start_percent, end_percent):
-        return (_patch(model, adapter, portrait_embeds, portrait_strength, start_percent, end_percent),)
-
-
-GUIDE_INPUTS = {
-    "cfg": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip": "Text "
-                      "guidance. Released setting: 1 (then the negative prompt is not evaluated)."}),
-    "portrait_cfg": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 20.0, "step": 0.1, "round": 0.01, "tooltip":
-                               "Portrait guidance (released: 4). 1 or less = none (plain CFG with the portrait in "
-                               "every pass, no extra model pass)."}),
-}
+    @classmethod
+    def execute(cls, model, adapter, portrait_embeds, portrait_strength, start_percent, end_percent) -> io.NodeOutput:
+        return io.NodeOutput(_patch(model, adapter, portrait_embeds, portrait_strength, start_percent, end_percent))
 
 
 def _guider(model, positive, negative, cfg, portrait_cfg):
@@ -73,47 +81,49 @@ def _guider(model, positive, negative, cfg, portrait_cfg):
     return guider
 
 
-class FantasyPortraitGuider:
+class FantasyPortraitGuider(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL", {"tooltip": "A model patched by FantasyPortrait Apply."}),
-                             "positive": ("CONDITIONING", {"tooltip": "From WanImageToVideo."}),
-                             "negative": ("CONDITIONING", {"tooltip": "From WanImageToVideo."}), **GUIDE_INPUTS}}
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FantasyPortraitGuider", display_name="FantasyPortrait Guider", category=f"{CATEGORY}/sampling",
+            description="Guidance with a separate portrait scale, for SamplerCustomAdvanced.",
+            inputs=[io.Model.Input("model", tooltip="A model patched by FantasyPortrait Apply."), *_conds(),
+                    *_guide_inputs()],
+            outputs=[io.Guider.Output("GUIDER", display_name="GUIDER")],
+        )
 
-    RETURN_TYPES = ("GUIDER",)
-    FUNCTION = "get_guider"
-    CATEGORY = f"{CATEGORY}/sampling"
-    DESCRIPTION = "Guidance with a separate portrait scale, for SamplerCustomAdvanced."
-
-    def get_guider(self, model, positive, negative, cfg, portrait_cfg):
-        return (_guider(model, positive, negative, cfg, portrait_cfg),)
-
-
-class FantasyPortraitSampler:
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": ("MODEL", {"tooltip": "Native Wan 2.1 I2V 14B model (Load Diffusion Model), LoRAs welcome."}),
-            **PATCH_INPUTS,
-            "positive": ("CONDITIONING", {"tooltip": "From WanImageToVideo."}),
-            "negative": ("CONDITIONING", {"tooltip": "From WanImageToVideo."}),
-            "latent_image": ("LATENT", {"tooltip": "From WanImageToVideo (its length must match the embeds)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True,
-                             "tooltip": "Noise seed."}),
-            "steps": ("INT", {"default": 30, "min": 1, "max": 10000, "tooltip": "Released: 30."}),
-            **GUIDE_INPUTS,
-            "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"default": "euler", "tooltip": "Sampler."}),
-            "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"default": "simple", "tooltip": "Scheduler."}),
-            "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Denoise."}),
-        }}
+    def execute(cls, model, positive, negative, cfg, portrait_cfg) -> io.NodeOutput:
+        return io.NodeOutput(_guider(model, positive, negative, cfg, portrait_cfg))
 
-    RETURN_TYPES = ("LATENT",)
-    FUNCTION = "sample"
-    CATEGORY = f"{CATEGORY}/sampling"
-    DESCRIPTION = "KSampler for native Wan with the FantasyPortrait branch and portrait guidance."
 
-    def sample(self, model, adapter, portrait_embeds, portrait_strength, start_percent, end_percent, positive, negative,
-               latent_image, seed, steps, cfg, portrait_cfg, sampler_name, scheduler, denoise):
+class FantasyPortraitSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FantasyPortraitSampler", display_name="FantasyPortrait Sampler", category=f"{CATEGORY}/sampling",
+            description="KSampler for native Wan with the FantasyPortrait branch and portrait guidance.",
+            inputs=[
+                io.Model.Input("model", tooltip="Native Wan 2.1 I2V 14B model (Load Diffusion Model), LoRAs welcome."),
+                *_patch_inputs(), *_conds(),
+                io.Latent.Input("latent_image", tooltip="From WanImageToVideo (its length must match the embeds)."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                             tooltip="Noise seed."),
+                io.Int.Input("steps", default=30, min=1, max=10000, tooltip="Released: 30."),
+                *_guide_inputs(),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler",
+                               tooltip="Sampler."),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple",
+                               tooltip="Scheduler."),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="Denoise."),
+            ],
+            outputs=[io.Latent.Output("LATENT", display_name="LATENT")],
+        )
+
+    @classmethod
+    def execute(cls, model, adapter, portrait_embeds, portrait_strength, start_percent, end_percent, positive,
+                negative, latent_image, seed, steps, cfg, portrait_cfg, sampler_name, scheduler,
+                denoise) -> io.NodeOutput:
         patched = _patch(model, adapter, portrait_embeds, portrait_strength, start_percent, end_percent)
         guider = _guider(patched, positive, negative, cfg, portrait_cfg)
         latent = comfy.sample.fix_empty_latent_channels(patched, latent_image["samples"])
@@ -126,16 +136,7 @@ class FantasyPortraitSampler:
                                 disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
         out = latent_image.copy()
         out["samples"] = samples.to(comfy.model_management.intermediate_device())
-        return (out,)
+        return io.NodeOutput(out)
 
 
-NODE_CLASS_MAPPINGS = {
-    "FantasyPortraitApply": FantasyPortraitApply,
-    "FantasyPortraitGuider": FantasyPortraitGuider,
-    "FantasyPortraitSampler": FantasyPortraitSampler,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "FantasyPortraitApply": "FantasyPortrait Apply (MODEL patch)",
-    "FantasyPortraitGuider": "FantasyPortrait Guider",
-    "FantasyPortraitSampler": "FantasyPortrait Sampler",
-}
+NODES = [FantasyPortraitApply, FantasyPortraitGuider, FantasyPortraitSampler]

@@ -3,43 +3,44 @@ WanImageToVideo and Multi-Portrait Combine (so the two never need hand-synced wi
 
 from __future__ import annotations
 
-import logging
+from comfy_api.latest import io
 
 from ..fantasyportrait_core.faces.models import portrait_faces, to_uint8
 from ..fantasyportrait_core.sizing import RESOLUTIONS, output_size
-from .common import CATEGORY
-
-log = logging.getLogger("FantasyPortrait")
+from .common import CATEGORY, FaceModelsIO, log
 
 
-class FantasyPortraitOutputSize:
+class FantasyPortraitOutputSize(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "image": ("IMAGE", {"tooltip": "The portrait (the start image of WanImageToVideo)."}),
-            "resolution": (list(RESOLUTIONS), {"default": "480p", "tooltip": "Wan resolution: the output has about "
-                                               "this many pixels (480p: 480x832, 720p: 720x1280) in the portrait's "
-                                               "aspect ratio; use the 720p model for 720p."}),
-        }, "optional": {
-            "face_models": ("FANTASYPORTRAIT_FACE_MODELS", {"tooltip": "Optional: check that the portrait has a face "
-                                                           "before anything is sampled (clear error if not)."}),
-        }}
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FantasyPortraitOutputSize", display_name="FantasyPortrait Output Size",
+            category=f"{CATEGORY}/embeds",
+            description="Output size as Wan 2.1 I2V (and the released FantasyPortrait) computes it: the portrait's "
+                        "aspect ratio at the chosen resolution's area, each side a multiple of 16, so nothing is "
+                        "cropped away.",
+            inputs=[
+                io.Image.Input("image", tooltip="The portrait (the start image of WanImageToVideo)."),
+                io.Combo.Input("resolution", options=list(RESOLUTIONS), default="480p", tooltip="Wan resolution: the "
+                               "output has about this many pixels (480p: 480x832, 720p: 720x1280) in the portrait's "
+                               "aspect ratio; use the 720p model for 720p."),
+                FaceModelsIO.Input("face_models", optional=True, tooltip="Optional: check that the portrait has a face "
+                                   "before anything is sampled (clear error if not)."),
+            ],
+            outputs=[
+                io.Int.Output("width", display_name="width", tooltip="Output width (multiple of 16): connect to "
+                              "WanImageToVideo and Multi-Portrait Combine."),
+                io.Int.Output("height", display_name="height", tooltip="Output height (multiple of 16): connect to "
+                              "WanImageToVideo and Multi-Portrait Combine."),
+            ],
+        )
 
-    RETURN_TYPES = ("INT", "INT")
-    RETURN_NAMES = ("width", "height")
-    OUTPUT_TOOLTIPS = ("Output width (multiple of 16): connect to WanImageToVideo and Multi-Portrait Combine.",
-                       "Output height (multiple of 16): connect to WanImageToVideo and Multi-Portrait Combine.")
-    FUNCTION = "size"
-    CATEGORY = f"{CATEGORY}/embeds"
-    DESCRIPTION = ("Output size as Wan 2.1 I2V (and the released FantasyPortrait) computes it: the portrait's aspect "
-                   "ratio at the chosen resolution's area, each side a multiple of 16, so nothing is cropped away.")
-
-    def size(self, image, resolution, face_models=None):
+    @classmethod
+    def execute(cls, image, resolution, face_models=None) -> io.NodeOutput:
         if face_models is not None:
             boxes = portrait_faces(to_uint8(image[0, ..., :3].cpu().numpy()), face_models.detector)
             log.info("FantasyPortrait: %d face(s) in the portrait", len(boxes))
-        return output_size(int(image.shape[2]), int(image.shape[1]), resolution)
+        return io.NodeOutput(*output_size(int(image.shape[2]), int(image.shape[1]), resolution))
 
 
-NODE_CLASS_MAPPINGS = {"FantasyPortraitOutputSize": FantasyPortraitOutputSize}
-NODE_DISPLAY_NAME_MAPPINGS = {"FantasyPortraitOutputSize": "FantasyPortrait Output Size"}
+NODES = [FantasyPortraitOutputSize]

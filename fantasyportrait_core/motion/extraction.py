@@ -104,14 +104,25 @@ def encode_crops(encoder: MotionEncoder, crops: np.ndarray, batch_size: int | No
 
 
 @dataclass
-class ExpressionFeatures:
-    features: torch.Tensor  # [P, F, 554] float32
+class TrackedFaces:
+    """A driving clip's faces, as the Face Tracker hands them on: the tracks, the aligned faces the
+    motion encoder sees (``crops``: ``[P, F, 224, 224, 3]`` uint8) and the clip's frame rate."""
     tracks: FaceTracks
+    crops: np.ndarray
+    fps: float | None = None
+
+
+@dataclass
+class ExpressionFeatures:
+    """Per-person expression features (``features``: ``[P, F, 554]`` float32), the tracks they came
+    from (None when made without the tracker: then only one person can be meant) and the frame rate."""
+    features: torch.Tensor
+    tracks: FaceTracks | None = None
     fps: float | None = None
 
     @property
     def notes(self) -> list[str]:
-        return self.tracks.notes
+        return self.tracks.notes if self.tracks is not None else []
 
 
 def check_driving_frames(count: int, source: str = "the driving clip") -> None:
