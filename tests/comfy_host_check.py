@@ -18,11 +18,19 @@ positive, negative, latent, g = H.positive, H.negative, H.latent, H.g
 import nodes  # noqa: E402
 from fantasyportrait_pack.fantasyportrait_core.branch.attention import adapter_cross_attention, project_window_kv  # noqa: E402
 
-result = {"nodes": sorted(H.pack.NODE_CLASS_MAPPINGS)}
+# what ComfyUI's loader does with the pack: no V1 mappings, so it calls the V3 entry point
+import asyncio  # noqa: E402
+from comfy_api.latest import ComfyExtension, io as comfy_io  # noqa: E402
+
+extension = asyncio.run(H.pack.comfy_entrypoint())
+node_list = asyncio.run(extension.get_node_list())
+result = {"nodes": sorted(node.GET_SCHEMA().node_id for node in node_list),
+          "entrypoint": [isinstance(extension, ComfyExtension), not hasattr(H.pack, "NODE_CLASS_MAPPINGS"),
+                         all(issubclass(node, comfy_io.ComfyNode) for node in node_list)]}
 
 
 def run_fp(strength, cfg, pcfg, start=0.0, end=1.0):
-    return fp.FantasyPortraitSampler().sample(model, adapter, portrait, strength, start, end, positive, negative,
+    return fp.FantasyPortraitSampler(model, adapter, portrait, strength, start, end, positive, negative,
                                               latent, 7, 3, cfg, pcfg, "euler", "simple", 1.0)[0]["samples"]
 
 
@@ -31,14 +39,14 @@ off = run_fp(0.0, 3.0, 1.0)
 on = run_fp(1.0, 3.0, 1.0)
 result["off_equals_stock"] = bool(torch.equal(off, stock))
 result["on_rel_diff"] = float((on - stock).norm() / stock.norm())
-patched = fp.FantasyPortraitApply().apply(model, adapter, portrait, 1.0, 0.0, 1.0)[0]
+patched = fp.FantasyPortraitApply(model, adapter, portrait, 1.0, 0.0, 1.0)[0]
 plain_on = nodes.common_ksampler(patched, 7, 3, 3.0, "euler", "simple", positive, negative, latent)[0]["samples"]
 result["apply_plus_ksampler_equals_sampler_pcfg1"] = float((plain_on - on).abs().max())
 # Apply + Guider through SamplerCustomAdvanced equals the all-in-one sampler (3-pass guidance)
 import comfy.samplers  # noqa: E402
 from comfy_extras.nodes_custom_sampler import SamplerCustomAdvanced  # noqa: E402
 
-guider = fp.FantasyPortraitGuider().get_guider(patched, positive, negative, 3.0, 4.0)[0]
+guider = fp.FantasyPortraitGuider(patched, positive, negative, 3.0, 4.0)[0]
 sigmas = comfy.samplers.KSampler(patched, steps=3, device="cpu", sampler="euler", scheduler="simple").sigmas
 
 
@@ -105,12 +113,13 @@ result["block_branch_rel_effect"] = float((reference - block(x, e=e, freqs=freqs
                                           / reference.norm())
 # FantasyPortrait Encode: fps resampling, length fitting, clear errors
 from fantasyportrait_pack.fantasyportrait_core.faces.tracking import FaceTracks  # noqa: E402
+from fantasyportrait_pack.fantasyportrait_core.motion.extraction import ExpressionFeatures  # noqa: E402
 import numpy as np  # noqa: E402
 
 tracks = FaceTracks(np.tile(np.array([10, 10, 50, 50], np.float32), (1, 17, 1)), np.zeros((1, 17, 222, 2), np.float32),
                     np.ones((1, 17), bool), (64, 64))
-features = {"features": torch.randn(1, 17, 554, generator=g), "fps": 30.0, "tracks": tracks}
-encode = fp.FantasyPortraitEncode().encode
+features = ExpressionFeatures(torch.randn(1, 17, 554, generator=g), tracks, 30.0)
+encode = fp.FantasyPortraitEncode
 emb, n, rate = encode(adapter, features, 0, 0, "trim", 1.0, 1.0, 1.0, fps=15.0)
 result["encode_resampled_frames"] = [n, emb.fps, list(emb.driver_boxes.shape), rate]
 emb, n, rate = encode(adapter, features, 0, 21, "pad", 1.0, 1.0, 1.0)
@@ -127,35 +136,31 @@ for args, key in (((adapter, features, 0, 21, "trim", 1.0, 1.0, 1.0), "encode_sh
 # person -1: the largest face drives (person 1 here)
 boxes2 = np.stack([np.tile(np.array(box, np.float32), (17, 1)) for box in ([0, 0, 20, 20], [30, 0, 70, 40])])
 tracks2 = FaceTracks(boxes2, np.zeros((2, 17, 222, 2), np.float32), np.ones((2, 17), bool), (64, 96))
-features2 = {"features": torch.randn(2, 17, 554, generator=g), "fps": 25.0, "tracks": tracks2}
+features2 = ExpressionFeatures(torch.randn(2, 17, 554, generator=g), tracks2, 25.0)
 largest = encode(adapter, features2, -1, 0, "trim", 1.0, 1.0, 1.0)[0]
 second = encode(adapter, features2, 1, 0, "trim", 1.0, 1.0, 1.0)[0]
 result["encode_largest_is_person_1"] = bool(torch.equal(largest.embeds.windows, second.embeds.windows))
 
 # a driving "video" of one frame is refused by the tracker node (the command line refuses it too)
 try:
-    fp.FantasyPortraitFaceTracker().track(None, 96, 0, images=torch.zeros(1, 64, 64, 3))
+    fp.FantasyPortraitFaceTracker(None, 96, 0, images=torch.zeros(1, 64, 64, 3))
     result["tracker_one_frame_error"] = None
 except Exception as exc:  # noqa: BLE001
     result["tracker_one_frame_error"] = str(exc)
 
 # FantasyPortrait Output Size: the portrait's aspect at 480p
-from fantasyportrait_pack.nodes.nodes_size import FantasyPortraitOutputSize  # noqa: E402
-
-result["output_size_portrait"] = list(FantasyPortraitOutputSize().size(torch.zeros(1, 1920, 1080, 3), "480p"))
-result["output_size_landscape"] = list(FantasyPortraitOutputSize().size(torch.zeros(1, 1080, 1920, 3), "480p"))
+result["output_size_portrait"] = list(fp.FantasyPortraitOutputSize(torch.zeros(1, 1920, 1080, 3), "480p"))
+result["output_size_landscape"] = list(fp.FantasyPortraitOutputSize(torch.zeros(1, 1080, 1920, 3), "480p"))
 
 # FantasyPortrait Motion Control: per-person, per-component edits with a preview IMAGE
-from fantasyportrait_pack.nodes.nodes_motion import FantasyPortraitMotionControl  # noqa: E402
-
-two = {"features": torch.randn(2, 9, 554, generator=g), "fps": 25.0, "tracks": None}
+two = ExpressionFeatures(torch.randn(2, 9, 554, generator=g), None, 25.0)
 widgets = {f"{c}_{k}": v for c in ("headpose", "eye", "emo", "mouth") for k, v in
            (("mode", "follow"), ("amount", 1.0), ("smooth", 0.0))}
-same, _ = FantasyPortraitMotionControl().control(two, -1, 0, **widgets)
-edited, preview = FantasyPortraitMotionControl().control(two, 1, 0, **{**widgets, "headpose_mode": "freeze"})
-result["motion_default_identical"] = bool(torch.equal(same["features"], two["features"]))
-result["motion_person0_untouched"] = bool(torch.equal(edited["features"][0], two["features"][0]))
-result["motion_person1_head_frozen"] = bool((edited["features"][1, :, :6] == two["features"][1, :1, :6]).all())
+same, _ = fp.FantasyPortraitMotionControl(two, -1, reference_frame=0, **widgets)
+edited, preview = fp.FantasyPortraitMotionControl(two, 1, reference_frame=0, **{**widgets, "headpose_mode": "freeze"})
+result["motion_default_identical"] = bool(torch.equal(same.features, two.features))
+result["motion_person0_untouched"] = bool(torch.equal(edited.features[0], two.features[0]))
+result["motion_person1_head_frozen"] = bool((edited.features[1, :, :6] == two.features[1, :1, :6]).all())
 result["motion_preview"] = [list(preview.shape), float(preview.min()), float(preview.max())]
 
 # Face Tracker on core's VIDEO (LoadVideo's VideoFromFile): only the used frames, retimed, with audio
@@ -172,36 +177,36 @@ if os.path.isfile(os.path.join(MODELS, "face_det.onnx")) and os.path.isfile(CLIP
 
     faces = FaceModels(FaceDetector(os.path.join(MODELS, "face_det.onnx")),
                        LandmarkModel(os.path.join(MODELS, "face_landmark.onnx")))
-    tracker = fp.FantasyPortraitFaceTracker()
-    tracks, crops, preview, rate, audio = tracker.track(faces, 96, 0, video=VideoFromFile(CLIP), start_frame=4,
+    tracker = fp.FantasyPortraitFaceTracker
+    tracks, crops, preview, rate, audio = tracker(faces, 96, 0, video=VideoFromFile(CLIP), start_frame=4,
                                                         length=9, fps=12.0)
     # the same frames given as IMAGE (decoded whole, retimed to 12 fps, frames 4..12) give the same tracks
     whole = read_video(CLIP, fps=12.0).frames
-    as_images = tracker.track(faces, 96, 0, images=torch.from_numpy(whole).float() / 255, start_frame=4, length=9)
+    as_images = tracker(faces, 96, 0, images=torch.from_numpy(whole).float() / 255, start_frame=4, length=9)
     import av  # noqa: E402
 
     with av.open(CLIP) as c:
         audio_rate = c.streams.audio[0].rate
     result["tracker_video"] = {
-        "frames": tracks["tracks"].num_frames, "fps": rate, "preview": list(preview.shape),
-        "crops": list(crops.shape), "same_as_images": bool(np.array_equal(tracks["tracks"].landmarks,
-                                                                         as_images[0]["tracks"].landmarks)),
+        "frames": tracks.tracks.num_frames, "fps": rate, "preview": list(preview.shape),
+        "crops": list(crops.shape), "same_as_images": bool(np.array_equal(tracks.tracks.landmarks,
+                                                                         as_images[0].tracks.landmarks)),
         "images_fps": as_images[3], "audio_seconds": audio["waveform"].shape[-1] / audio["sample_rate"],
         "audio_rate": audio["sample_rate"], "source_audio_rate": audio_rate,
-        "extractor_fps": fp.FantasyPortraitExpressionExtractor.INPUT_TYPES()["optional"]["fps"][1]["default"]}
+        "extractor_fps": fp.FantasyPortraitExpressionExtractor.cls.INPUT_TYPES()["optional"]["fps"][1]["default"]}
     for name, kwargs in (("length", {"length": 10}), ("start", {"start_frame": 500}), ("none", {})):
         try:
-            tracker.track(faces, 96, 0, **({"video": VideoFromFile(CLIP)} if name != "none" else {}), **kwargs)
+            tracker(faces, 96, 0, **({"video": VideoFromFile(CLIP)} if name != "none" else {}), **kwargs)
             result[f"tracker_{name}_error"] = None
         except Exception as exc:  # noqa: BLE001
             result[f"tracker_{name}_error"] = str(exc)
     # Output Size with the face models connected: a portrait without a face is refused before sampling
     try:
-        FantasyPortraitOutputSize().size(torch.full((1, 480, 640, 3), 0.5), "480p", faces)
+        fp.FantasyPortraitOutputSize(torch.full((1, 480, 640, 3), 0.5), "480p", faces)
         result["portrait_no_face_error"] = None
     except Exception as exc:  # noqa: BLE001
         result["portrait_no_face_error"] = str(exc)
     man = torch.from_numpy(read_video(os.path.join(SHARED, "media", "man.jpeg")).frames).float() / 255
-    result["portrait_with_face_size"] = list(FantasyPortraitOutputSize().size(man, "480p", faces))
+    result["portrait_with_face_size"] = list(fp.FantasyPortraitOutputSize(man, "480p", faces))
 
 print("RESULT " + json.dumps(result))

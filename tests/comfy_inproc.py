@@ -11,6 +11,19 @@ import tempfile
 import types
 
 
+class NodeCall:
+    """A V3 node called as ComfyUI's executor calls it (inputs by name, through ``EXECUTE_NORMALIZED``);
+    positional arguments are taken in the schema's input order. Returns the output tuple."""
+
+    def __init__(self, cls):
+        self.cls = cls
+
+    def __call__(self, *args, **kwargs):
+        names = [i.id for i in self.cls.GET_SCHEMA().inputs]
+        kwargs.update(zip(names, args))
+        return self.cls.EXECUTE_NORMALIZED(**kwargs).result
+
+
 def boot(comfy_dir: str, repo: str) -> types.SimpleNamespace:
     sys.argv = [sys.argv[0], "--cpu", "--use-pytorch-cross-attention"]
     os.chdir(comfy_dir)
@@ -34,9 +47,9 @@ def boot(comfy_dir: str, repo: str) -> types.SimpleNamespace:
     from fantasyportrait_pack.fantasyportrait_core.branch.conditioning import PortraitConditioning
     from fantasyportrait_pack.nodes import wan_patch as comfy_wan
     from fantasyportrait_pack.fantasyportrait_core.tokens.encoding import encode_features
-    from fantasyportrait_pack.nodes import NODE_CLASS_MAPPINGS
+    from fantasyportrait_pack.nodes import NODES
 
-    fp = types.SimpleNamespace(**NODE_CLASS_MAPPINGS)  # every node class by name
+    fp = types.SimpleNamespace(**{node.__name__: NodeCall(node) for node in NODES})  # every node by its id
 
     model = comfy.sd.load_diffusion_model(write_tiny_wan(os.path.join(tmp, "tiny_wan_i2v.safetensors")))
 

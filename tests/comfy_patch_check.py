@@ -24,6 +24,7 @@ import comfy.sd  # noqa: E402
 import nodes  # noqa: E402
 from comfy_extras.nodes_custom_sampler import SamplerCustomAdvanced  # noqa: E402
 from comfy_extras.nodes_model_advanced import ModelSamplingSD3, RescaleCFG  # noqa: E402
+from fantasyportrait_pack.fantasyportrait_core.motion.extraction import ExpressionFeatures  # noqa: E402
 
 R = {}
 
@@ -45,7 +46,7 @@ def rel(a, b):
 
 
 def apply(m, strength=1.0, start=0.0, end=1.0, p=portrait):
-    return fp.FantasyPortraitApply().apply(m, adapter, p, strength, start, end)[0]
+    return fp.FantasyPortraitApply(m, adapter, p, strength, start, end)[0]
 
 
 def ksampler(m, cfg=3.0, lat=latent, steps=3):
@@ -53,7 +54,7 @@ def ksampler(m, cfg=3.0, lat=latent, steps=3):
 
 
 def sampler(m, cfg=3.0, pcfg=4.0, p=portrait, lat=latent):
-    return fp.FantasyPortraitSampler().sample(m, adapter, p, 1.0, 0.0, 1.0, positive, negative, lat, 7, 3, cfg, pcfg,
+    return fp.FantasyPortraitSampler(m, adapter, p, 1.0, 0.0, 1.0, positive, negative, lat, 7, 3, cfg, pcfg,
                                               "euler", "simple", 1.0)[0]["samples"]
 
 
@@ -72,7 +73,7 @@ def custom(guider, steps=3, lat=latent):
 
 
 def guider(m, cfg, pcfg, pos=positive, neg=negative):
-    return fp.FantasyPortraitGuider().get_guider(m, pos, neg, cfg, pcfg)[0]
+    return fp.FantasyPortraitGuider(m, pos, neg, cfg, pcfg)[0]
 
 
 applied = apply(model)
@@ -164,7 +165,7 @@ R["portrait_guidance_effect"] = rel(three, neg_off + 3.0 * (pos_on - neg_off))
 # portrait_cfg <= 1: plain CFG with the portrait in both passes (released), = Apply + KSampler
 R["pcfg_below_one_equals_plain_cfg"] = max_diff(custom(guider(applied, 3.0, 0.5)), ksampler(applied))
 # order of set-up does not matter
-g_a = fp.FantasyPortraitGuider().get_guider(applied, positive, negative, 3.0, 4.0)[0]
+g_a = fp.FantasyPortraitGuider(applied, positive, negative, 3.0, 4.0)[0]
 g_b = cw.PortraitGuider(applied)
 g_b.set_conds(positive, negative)
 g_b.set_cfg(3.0, 4.0)
@@ -226,8 +227,8 @@ R["held_when_cancelled"] = seen.get("held_when_cancelled")
 R["run_cleared_after_cancel"] = state.run is None
 
 # --- the expression encoder goes through ComfyUI's model management and is freed by it ---
-features = {"features": torch.randn(1, 9, 554, generator=g), "fps": 25.0, "tracks": None}
-fp.FantasyPortraitEncode().encode(adapter, features, 0, 0, "trim", 1.0, 1.0, 1.0)
+features = ExpressionFeatures(torch.randn(1, 9, 554, generator=g), None, 25.0)
+fp.FantasyPortraitEncode(adapter, features, 0, 0, "trim", 1.0, 1.0, 1.0)
 loaded = lambda: [m.model for m in comfy.model_management.current_loaded_models]  # noqa: E731
 R["encoder_managed"] = getattr(adapter, "_comfy_encoder", None) in loaded()
 comfy.model_management.unload_all_models()

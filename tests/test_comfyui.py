@@ -45,6 +45,12 @@ def host_result():
     return _check("comfy_host_check.py")
 
 
+def test_the_nodes_come_through_the_v3_entry_point(host_result):
+    assert host_result["nodes"] == NODES
+    # a ComfyExtension, no NODE_CLASS_MAPPINGS beside it (ComfyUI would read that instead), io.ComfyNode classes
+    assert host_result["entrypoint"] == [True, True, True]
+
+
 def test_portrait_off_is_exactly_the_stock_sampler(host_result):
     assert host_result["off_equals_stock"]
     assert host_result["inactive_window_equals_stock"]  # start/end percent outside the schedule
@@ -221,11 +227,21 @@ def test_server_lists_every_node(tmp_path):
                 assert order["required"] + order.get("optional", []) == [n for n, _, _ in ins]
                 assert order.get("optional", []) == [n for n, _, _ in ins if (name, n) in build_workflows.OPTIONAL]
                 assert info[name]["output"] == [t for _, t in outs]
+                assert info[name]["output_name"] == [n for n, _ in outs]  # saved links keep their slot names
             node = info[name]
             assert node["category"] == f"FantasyPortrait/{FAMILIES[name]}", name  # categories by family
+            assert node["python_module"] == "custom_nodes.ComfyUI-FantasyPortrait"
+            inputs = [inp for section in ("required", "optional") for inp in node["input"].get(section, {})]
             for section in node["input"].values():
                 for inp, spec in section.items():
                     assert len(spec) > 1 and spec[1].get("tooltip"), f"{name}.{inp} has no tooltip"
+            # the node docs panel reads WEB_DIRECTORY/docs/<node id>.md: served, titled, naming every socket
+            with urllib.request.urlopen(f"{server.url}/extensions/ComfyUI-FantasyPortrait/docs/{name}.md",
+                                        timeout=30) as r:
+                doc = r.read().decode()
+            assert doc.startswith(f"# {node['display_name']}\n"), name
+            for socket in inputs + node["output_name"]:
+                assert f"**{socket}**" in doc, f"docs/{name}.md does not explain {socket}"
     finally:
         server.stop()
 

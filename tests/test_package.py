@@ -1,26 +1,32 @@
-"""The pack imports without ComfyUI and exposes ComfyUI's entry-point names."""
+"""The pack imports without ComfyUI and hands its nodes to ComfyUI through the V3 entry point only.
 
+(That the entry point gives ComfyUI every node, as io.ComfyNode classes, is checked in a real ComfyUI:
+tests/test_comfyui.py::test_the_nodes_come_through_the_v3_entry_point.)"""
+
+import glob
 import importlib.util
 import os
+import re
 import sys
 
 from conftest import ROOT
 
 
 def test_pack_init_imports_without_comfyui():
+    """Outside ComfyUI (tests, the command line) the pack imports, loads no node module (they need
+    ComfyUI) and offers no entry point; its web folder holds one doc page per node module's node."""
     assert "comfy" not in sys.modules
-    spec = importlib.util.spec_from_file_location(
-        "fantasyportrait_pack", os.path.join(ROOT, "__init__.py"),
-        submodule_search_locations=[ROOT])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    assert isinstance(module.NODE_CLASS_MAPPINGS, dict)
-    assert isinstance(module.NODE_DISPLAY_NAME_MAPPINGS, dict)
-    assert module.NODE_CLASS_MAPPINGS == {}  # no ComfyUI, no nodes
+    module = _load_pack("fantasyportrait_pack")
+    assert not hasattr(module, "comfy_entrypoint")
+    assert not hasattr(module, "NODE_CLASS_MAPPINGS")  # ComfyUI would read it instead of comfy_entrypoint
+    assert not any(name.startswith("fantasyportrait_pack.nodes") for name in sys.modules)
+    docs = os.path.join(ROOT, module.WEB_DIRECTORY, "docs")
+    ids = set()
+    for path in glob.glob(os.path.join(ROOT, "nodes", "nodes_*.py")):
+        with open(path) as fh:
+            ids |= set(re.findall(r'node_id="(\w+)"', fh.read()))
+    assert len(ids) == 11
+    assert sorted(f"{i}.md" for i in ids) == sorted(os.listdir(docs))
 
 
 def test_minimum_comfyui_version_is_declared_and_checked():
@@ -39,6 +45,7 @@ def test_minimum_comfyui_version_is_declared_and_checked():
 
 
 def _load_pack(name):
+    """Import the pack's ``__init__.py`` as package ``name`` (as ComfyUI does), then forget it."""
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "__init__.py"),
                                                   submodule_search_locations=[ROOT])
     module = importlib.util.module_from_spec(spec)
@@ -60,12 +67,12 @@ def test_inside_a_broken_or_old_comfyui_the_pack_reports_instead_of_raising(monk
     monkeypatch.setitem(sys.modules, "comfyui_version", types.SimpleNamespace(__version__="0.3.64"))
     with caplog.at_level("ERROR"):
         module = _load_pack("fantasyportrait_pack_broken")
-    assert module.NODE_CLASS_MAPPINGS == {}
+    assert not hasattr(module, "comfy_entrypoint")  # ComfyUI then lists the pack as failed, and goes on
     assert "FantasyPortrait: the nodes could not be loaded" in caplog.text and "comfy" in caplog.text
     caplog.clear()
     monkeypatch.setitem(sys.modules, "comfyui_version", types.SimpleNamespace(__version__="0.3.40"))
     with caplog.at_level("ERROR"):
         module = _load_pack("fantasyportrait_pack_old")
-    assert module.NODE_CLASS_MAPPINGS == {}
+    assert not hasattr(module, "comfy_entrypoint")
     assert "needs ComfyUI 0.3.64 or newer, this is 0.3.40" in caplog.text
     assert "could not be loaded" not in caplog.text  # an old ComfyUI is not even tried
