@@ -42,7 +42,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from fantasyportrait_core.motion.extraction import FaceModels, extract_features  # noqa: E402
-from fantasyportrait_core.faces.models import FaceDetector, LandmarkModel  # noqa: E402
+from fantasyportrait_core.faces.detector import FaceDetector  # noqa: E402
+from fantasyportrait_core.faces.landmarks import LandmarkModel  # noqa: E402
 from fantasyportrait_core.motion.encoder import MotionEncoder  # noqa: E402
 from fantasyportrait_core.video import DrivingFrames, read_video, write_video  # noqa: E402
 

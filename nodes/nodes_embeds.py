@@ -15,7 +15,7 @@ from ..fantasyportrait_core.tokens.encoding import PortraitEmbeds, encode_featur
 from ..fantasyportrait_core.errors import FantasyPortraitError, require_finite
 from ..fantasyportrait_core.motion.extraction import frames_to_uint8
 from ..fantasyportrait_core.branch.conditioning import PortraitConditioning
-from ..fantasyportrait_core.faces.models import portrait_faces
+from ..fantasyportrait_core.faces.detector import portrait_faces
 from ..fantasyportrait_core.faces.tracking import largest_person
 from ..fantasyportrait_core.tokens.windows import fit_frame_count, frame_count_of_latent
 from .common import (CATEGORY, DEFAULT_FPS, AdapterIO, EmbedsIO, FaceModelsIO, FeaturesIO, Progress, log,

@@ -8,7 +8,8 @@ import comfy.model_management
 import folder_paths
 from comfy_api.latest import io
 
-from ..fantasyportrait_core.faces.models import FaceDetector, LandmarkModel
+from ..fantasyportrait_core.faces.detector import FaceDetector
+from ..fantasyportrait_core.faces.landmarks import LandmarkModel
 from ..fantasyportrait_core.motion.encoder import load_motion_encoder
 from ..fantasyportrait_core.motion.extraction import FaceModels
 from ..fantasyportrait_core.tokens.checkpoint import load_adapter
@@ -74,7 +75,7 @@ class FantasyPortraitFaceModelLoader(io.ComfyNode):
         paths = [model_path(detector), model_path(landmarks), model_path(motion_encoder)]
         enc = load_motion_encoder(paths[2])
         if insightface_dir.strip():
-            from ..fantasyportrait_core.faces.models import InsightFaceDetector
+            from ..fantasyportrait_core.faces.detector import InsightFaceDetector
 
             det = InsightFaceDetector(insightface_dir.strip(), providers=providers)
         else:

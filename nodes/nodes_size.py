@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..fantasyportrait_core.faces.models import portrait_faces, to_uint8
+from ..fantasyportrait_core.faces.detector import portrait_faces
+from ..fantasyportrait_core.faces.frames import to_uint8
 from ..fantasyportrait_core.sizing import RESOLUTIONS, output_size
 from .common import CATEGORY, FaceModelsIO, log
 

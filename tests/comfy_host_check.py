@@ -172,7 +172,8 @@ if os.path.isfile(os.path.join(MODELS, "face_det.onnx")) and os.path.isfile(CLIP
     from comfy_api.input_impl import VideoFromFile  # noqa: E402
 
     from fantasyportrait_pack.fantasyportrait_core.motion.extraction import FaceModels  # noqa: E402
-    from fantasyportrait_pack.fantasyportrait_core.faces.models import FaceDetector, LandmarkModel  # noqa: E402
+    from fantasyportrait_pack.fantasyportrait_core.faces.detector import FaceDetector  # noqa: E402
+    from fantasyportrait_pack.fantasyportrait_core.faces.landmarks import LandmarkModel  # noqa: E402
     from fantasyportrait_pack.fantasyportrait_core.video import read_video  # noqa: E402
 
     faces = FaceModels(FaceDetector(os.path.join(MODELS, "face_det.onnx")),

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from fantasyportrait_core import FantasyPortraitError
 from fantasyportrait_core.tools.cli import main
 from fantasyportrait_core.motion.extraction import FaceModels, draw_preview, extract_features
-from fantasyportrait_core.faces.models import FaceDetector, LandmarkModel
+from fantasyportrait_core.faces.detector import FaceDetector
+from fantasyportrait_core.faces.landmarks import LandmarkModel
 from fantasyportrait_core.video import read_video, resample_indices, write_video
 from media import media_path, model_path
 from test_motion_encoder import random_state

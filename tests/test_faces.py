@@ -9,7 +9,9 @@ import pytest
 
 from fantasyportrait_core import FantasyPortraitError
 from fantasyportrait_core.faces.align import ALIGN_LANDMARKS, ALIGN_TEMPLATE, align_face, alignment_matrix
-from fantasyportrait_core.faces.models import FaceDetector, LandmarkModel, LandmarkSmoother, landmark_box
+from fantasyportrait_core.faces.detector import FaceDetector
+from fantasyportrait_core.faces.landmarks import LandmarkModel, landmark_box
+from fantasyportrait_core.faces.smoothing import LandmarkSmoother
 from fantasyportrait_core.faces.tracking import keep_persons, track_faces
 from fantasyportrait_core.video import read_video
 from media import media_path, model_path, read_rgb
@@ -171,7 +173,7 @@ def test_insightface_backend_reports_missing_dependency(tmp_path):
     import importlib.util
 
     from fantasyportrait_core import MissingDependencyError
-    from fantasyportrait_core.faces.models import InsightFaceDetector
+    from fantasyportrait_core.faces.detector import InsightFaceDetector
 
     if importlib.util.find_spec("insightface") is not None:
         with pytest.raises(FantasyPortraitError, match="No insightface model found"):
@@ -186,7 +188,7 @@ def test_insightface_backend_loads_a_local_scrfd_folder(tmp_path):
     pytest.importorskip("onnx", reason="onnx is needed to write the small SCRFD-signature model")
     from scrfd_factory import write_scrfd
 
-    from fantasyportrait_core.faces.models import InsightFaceDetector
+    from fantasyportrait_core.faces.detector import InsightFaceDetector
 
     (tmp_path / "quiet").mkdir()
     (tmp_path / "busy").mkdir()

@@ -19,7 +19,8 @@ COMPONENTS = list(FEATURE_SLICES)
 @pytest.fixture(scope="module")
 def motion():
     from fantasyportrait_core.motion.extraction import FaceModels, extract_features
-    from fantasyportrait_core.faces.models import FaceDetector, LandmarkModel
+    from fantasyportrait_core.faces.detector import FaceDetector
+    from fantasyportrait_core.faces.landmarks import LandmarkModel
     from fantasyportrait_core.motion.encoder import motion_encoder_from_state_dict
     from fantasyportrait_core.video import read_video
     from fantasyportrait_core_shim import motion_state

@@ -167,7 +167,8 @@ def test_combine_counts_must_fit():
 
 
 def test_real_two_person_regions():
-    from fantasyportrait_core.faces.models import FaceDetector, LandmarkModel
+    from fantasyportrait_core.faces.detector import FaceDetector
+    from fantasyportrait_core.faces.landmarks import LandmarkModel
     from fantasyportrait_core.branch.multi import draw_regions
     from fantasyportrait_core.faces.tracking import track_faces
     from fantasyportrait_core.video import read_video

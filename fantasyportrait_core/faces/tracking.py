@@ -20,9 +20,13 @@ from typing import Callable
 import numpy as np
 
 from ..errors import FantasyPortraitError
-from .models import (DEFAULT_MIN_FACE, FACE_PROB_THRESHOLD, OVERLAP_IOU, FaceDetector, LandmarkModel,
-                    LandmarkResult, LandmarkSmoother, _bgr, check_frame, landmark_box)
+from .detector import FaceDetector
+from .frames import check_frame, to_bgr
+from .landmarks import FACE_PROB_THRESHOLD, LandmarkModel, LandmarkResult, landmark_box
+from .smoothing import LandmarkSmoother
 
+DEFAULT_MIN_FACE = 96  # released: faces whose landmark box is smaller are dropped
+OVERLAP_IOU = 0.12
 REATTACH_IOU = 0.3
 
 
@@ -151,7 +155,7 @@ def _track(frames, detector, landmarker, min_face, max_gap, progress, source, se
         if frame_hw is None:
             check_frame(frame, f"first frame of {source}")
             frame_hw = frame.shape[:2]
-        bgr = _bgr(frame)
+        bgr = to_bgr(frame)
         cands: list[_Candidate] = []
         for t, track in enumerate(tracks):
             if track.last_points is None:

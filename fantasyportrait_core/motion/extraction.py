@@ -11,9 +11,11 @@ import torch
 
 from ..faces.align import CROP_SIZE, align_face
 from ..errors import FantasyPortraitError
-from ..faces.models import DEFAULT_MIN_FACE, FaceDetector, LandmarkModel, to_uint8
+from ..faces.detector import FaceDetector
+from ..faces.frames import to_uint8
+from ..faces.landmarks import LandmarkModel
 from .encoder import MotionEncoder, crops_to_tensor, load_motion_encoder
-from ..faces.tracking import FaceTracks, keep_persons, track_faces
+from ..faces.tracking import DEFAULT_MIN_FACE, FaceTracks, keep_persons, track_faces
 from ..video import DrivingFrames
 
 MODEL_FILES = {"detector": "face_det.onnx", "landmarks": "face_landmark.onnx", "motion": "pd_fpg.pth"}

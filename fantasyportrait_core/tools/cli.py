@@ -303,7 +303,7 @@ def _cmd_extract(args) -> int:
     length = args.max_frames if args.max_frames is not None else args.frames
     models = load_face_models(args.models, motion=args.motion_encoder)
     if args.insightface:
-        from ..faces.models import InsightFaceDetector
+        from ..faces.detector import InsightFaceDetector
 
         models.detector = InsightFaceDetector(args.insightface)
     try:
