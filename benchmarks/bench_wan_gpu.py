@@ -17,7 +17,6 @@ Needs CUDA (about 40 GB of GPU memory for the 14B model in bf16 plus activations
 import argparse
 import os
 import sys
-import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,32 +34,26 @@ def main():
 
     if not args.tiny and not torch.cuda.is_available():
         sys.exit("no CUDA device: this benchmark measures GPU time and memory (use --tiny for a smoke test)")
-    sys.argv = [sys.argv[0]] + (["--cpu"] if args.tiny and not torch.cuda.is_available() else [])
-    sys.path.insert(0, comfy_dir)
     sys.path.insert(0, os.path.join(ROOT, "tests"))
-    import comfy.options
+    from comfy_inproc import NodeCall, import_host
 
-    comfy.options.enable_args_parsing()
+    import_host(comfy_dir, ROOT, ["--cpu"] if args.tiny and not torch.cuda.is_available() else [])
     import comfy.model_management as mm
     import comfy.ops
     import comfy.sd
     import nodes
     from comfy.ldm.wan.model import WanModel
 
-    tmp = tempfile.mkdtemp()
-    os.symlink(ROOT, os.path.join(tmp, "fantasyportrait_pack"))
-    sys.path.insert(0, tmp)
     from checkpoint_factory import adapter_state_dict, flatten
     from fantasyportrait_pack.fantasyportrait_core import adapter_from_state_dict
     from fantasyportrait_pack.fantasyportrait_core.tokens.encoding import encode_features
     from fantasyportrait_pack.fantasyportrait_core.branch.multi import build_mask, query_scales
     from fantasyportrait_pack.fantasyportrait_core.branch.conditioning import PortraitConditioning
     from fantasyportrait_pack.fantasyportrait_core.tokens.windows import frame_count_of_latent
-    from types import SimpleNamespace
 
-    from fantasyportrait_pack.nodes import NODE_CLASS_MAPPINGS
+    from fantasyportrait_pack.nodes.nodes_sampling import FantasyPortraitSampler
 
-    fp = SimpleNamespace(**NODE_CLASS_MAPPINGS)  # every node class by name
+    sampler = NodeCall(FantasyPortraitSampler)  # the node, called as ComfyUI's executor calls it
 
     torch.set_grad_enabled(False)
     if args.tiny:
@@ -127,8 +120,8 @@ def main():
 
     def portrait(persons, cfg, pcfg):
         p = embeds_for(persons)
-        return lambda: fp.FantasyPortraitSampler().sample(model, adapter, p, 1.0, 0.0, 1.0, positive, negative, latent,
-                                                          7, args.steps, cfg, pcfg, "euler", "simple", 1.0)
+        return lambda: sampler(model, adapter, p, 1.0, 0.0, 1.0, positive, negative, latent, 7, args.steps, cfg, pcfg,
+                               "euler", "simple", 1.0)
 
     stock(1.0)()  # warm-up: loads the model
     print(f"torch {torch.__version__}, {mm.get_torch_device()}, Wan 2.1 I2V {'tiny' if args.tiny else '14B'} (random), "

@@ -48,22 +48,16 @@ def main():
     comfy_dir = os.environ.get("COMFYUI_DIR")
     if not comfy_dir:
         sys.exit("set COMFYUI_DIR to a ComfyUI checkout and run this with its Python")
-    sys.argv = [sys.argv[0], "--cpu", "--use-pytorch-cross-attention"]
-    sys.path.insert(0, comfy_dir)
-    import comfy.options
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from comfy_inproc import import_host
 
-    comfy.options.enable_args_parsing()
-    import tempfile
-
+    import_host(comfy_dir, ROOT)
     import torch
 
     import comfy.model_patcher
     import comfy.ops
     from comfy.ldm.wan.model import WanAttentionBlock
 
-    tmp = tempfile.mkdtemp()
-    os.symlink(ROOT, os.path.join(tmp, "fantasyportrait_pack"))
-    sys.path.insert(0, tmp)
     from fantasyportrait_pack.fantasyportrait_core.branch.attention import AdapterProjections
     from fantasyportrait_pack.nodes.wan_patch import PortraitBlockPatch, PortraitState, call_info
     from fantasyportrait_pack.fantasyportrait_core.branch.multi import build_mask, query_scales

@@ -22,6 +22,20 @@ FeaturesIO = io.Custom("FANTASYPORTRAIT_FEATURES")  # motion.extraction.Expressi
 EmbedsIO = io.Custom("FANTASYPORTRAIT_EMBEDS")  # branch.conditioning.PortraitConditioning
 
 
+def node_schema(node: type, title: str, family: str, inputs: list, outputs: list) -> io.Schema:
+    """A node's V3 schema: id = its class name (what saved workflows refer to), shown as
+    "FantasyPortrait <title>" in category FantasyPortrait/<family>, described by its docstring
+    (the tooltip on the node; the docs panel shows ``web/docs/<id>.md``)."""
+    return io.Schema(node_id=node.__name__, display_name=f"{CATEGORY} {title}", category=f"{CATEGORY}/{family}",
+                     description=" ".join(node.__doc__.split()), inputs=inputs, outputs=outputs)
+
+
+def output(kind, name: str, tooltip: str | None = None):
+    """An output socket shown as ``name``. Its id gets a suffix: V3 ids must differ from every input's
+    id, and several nodes pass a value through (an ``fps`` input and an ``fps`` output)."""
+    return kind.Output(f"{name}_out", display_name=name, tooltip=tooltip)
+
+
 def register_model_folder() -> None:
     """``models/fantasyportrait/`` (also settable in extra_model_paths.yaml as ``fantasyportrait``)."""
     if FOLDER not in folder_paths.folder_names_and_paths:

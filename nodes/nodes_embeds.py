@@ -18,49 +18,43 @@ from ..fantasyportrait_core.branch.conditioning import PortraitConditioning
 from ..fantasyportrait_core.faces.detector import portrait_faces
 from ..fantasyportrait_core.faces.tracking import largest_person
 from ..fantasyportrait_core.tokens.windows import fit_frame_count, frame_count_of_latent
-from .common import (CATEGORY, DEFAULT_FPS, AdapterIO, EmbedsIO, FaceModelsIO, FeaturesIO, Progress, log,
-                     to_image)
+from .common import (DEFAULT_FPS, AdapterIO, EmbedsIO, FaceModelsIO, FeaturesIO, Progress, log, node_schema,
+                     output, to_image)
 
 
 SCALE = dict(default=1.0, min=0.0, max=10.0, step=0.01)
 
 
 class FantasyPortraitEncode(io.ComfyNode):
+    """Turns expression features into per-latent-frame token windows for the patched Wan model."""
+
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="FantasyPortraitEncode", display_name="FantasyPortrait Encode", category=f"{CATEGORY}/embeds",
-            description="Turns expression features into per-latent-frame token windows for the patched Wan model.",
-            inputs=[
-                AdapterIO.Input("adapter", tooltip="From FantasyPortrait Model Loader."),
-                FeaturesIO.Input("features", tooltip="From FantasyPortrait Expression Extractor."),
-                io.Int.Input("person", default=-1, min=-1, max=15, tooltip="Which tracked person drives the portrait: "
-                             "-1 = the largest face (the released rule; switches and ties are logged), or a person "
-                             "number (0 = leftmost)."),
-                io.Int.Input("num_frames", default=0, min=0, max=4097, step=1, tooltip="Output length in frames (4k+1, "
-                             "as in WanImageToVideo's length). 0 = from the driving clip."),
-                io.Combo.Input("frame_fit", options=["trim", "pad"], default="trim", tooltip="When the clip is not "
-                               "4k+1 frames long (or differs from num_frames): trim it (released behaviour) or pad by "
-                               "repeating the last frame."),
-                io.Float.Input("proj_scale", **SCALE, tooltip="Strength of the 4 projection tokens (head pose, eyes, "
-                               "emotion, mouth)."),
-                io.Float.Input("mouth_scale", **SCALE, tooltip="Strength of the 16 lip tokens."),
-                io.Float.Input("emo_scale", **SCALE, tooltip="Strength of the 4 emotion tokens."),
-                io.Float.Input("fps", default=0.0, min=0.0, max=120.0, step=0.01, optional=True, tooltip="Resample "
-                               "the driving motion to this frame rate (nearest frame) before fitting the length, e.g. "
-                               "to give several drivers one rate (the released code uses 25). 0 keeps the clip's "
-                               "rate."),
-            ],
-            outputs=[
-                EmbedsIO.Output("portrait_embeds", display_name="portrait_embeds", tooltip="Tokens and windows for "
-                                "the patched Wan model."),
-                io.Int.Output("num_frames_out", display_name="num_frames", tooltip="Output length in frames (for "
-                              "WanImageToVideo's length)."),
-                io.Float.Output("fps_out", display_name="fps", tooltip="Frame rate of the driving motion after any "
-                                "resampling: connect it to Create Video's fps so the video plays at the motion's "
-                                "speed."),
-            ],
-        )
+        return node_schema(cls, "Encode", "embeds", inputs=[
+            AdapterIO.Input("adapter", tooltip="From FantasyPortrait Model Loader."),
+            FeaturesIO.Input("features", tooltip="From FantasyPortrait Expression Extractor."),
+            io.Int.Input("person", default=-1, min=-1, max=15, tooltip="Which tracked person drives the portrait: "
+                         "-1 = the largest face (the released rule; switches and ties are logged), or a person "
+                         "number (0 = leftmost)."),
+            io.Int.Input("num_frames", default=0, min=0, max=4097, step=1, tooltip="Output length in frames (4k+1, "
+                         "as in WanImageToVideo's length). 0 = from the driving clip."),
+            io.Combo.Input("frame_fit", options=["trim", "pad"], default="trim", tooltip="When the clip is not "
+                           "4k+1 frames long (or differs from num_frames): trim it (released behaviour) or pad by "
+                           "repeating the last frame."),
+            io.Float.Input("proj_scale", **SCALE, tooltip="Strength of the 4 projection tokens (head pose, eyes, "
+                           "emotion, mouth)."),
+            io.Float.Input("mouth_scale", **SCALE, tooltip="Strength of the 16 lip tokens."),
+            io.Float.Input("emo_scale", **SCALE, tooltip="Strength of the 4 emotion tokens."),
+            io.Float.Input("fps", default=0.0, min=0.0, max=120.0, step=0.01, optional=True, tooltip="Resample "
+                           "the driving motion to this frame rate (nearest frame) before fitting the length, e.g. "
+                           "to give several drivers one rate (the released code uses 25). 0 keeps the clip's "
+                           "rate."),
+        ], outputs=[
+            output(EmbedsIO, "portrait_embeds", "Tokens and windows for the patched Wan model."),
+            output(io.Int, "num_frames", "Output length in frames (for WanImageToVideo's length)."),
+            output(io.Float, "fps", "Frame rate of the driving motion after any resampling: connect it to Create "
+                                    "Video's fps so the video plays at the motion's speed."),
+        ])
 
     @classmethod
     def execute(cls, adapter, features, person, num_frames, frame_fit, proj_scale, mouth_scale, emo_scale,
@@ -110,45 +104,38 @@ class FantasyPortraitEncode(io.ComfyNode):
 
 
 class FantasyPortraitMultiCombine(io.ComfyNode):
+    """Several people in one portrait, each driven by their own driver: regions from the faces and the drivers'
+    motion, and a mask so each face only follows its own driver."""
+
     @classmethod
     def define_schema(cls):
         def embeds(name, optional=False):
             return EmbedsIO.Input(name, optional=optional, tooltip="One person's embeds from FantasyPortrait Encode "
                                   "(choose the person there). Drivers are numbered in input order.")
 
-        return io.Schema(
-            node_id="FantasyPortraitMultiCombine", display_name="FantasyPortrait Multi-Portrait Combine",
-            category=f"{CATEGORY}/embeds",
-            description="Several people in one portrait, each driven by their own driver: regions from the faces and "
-                        "the drivers' motion, and a mask so each face only follows its own driver.",
-            inputs=[
-                FaceModelsIO.Input("face_models", tooltip="Finds the faces in the portrait (same detector as the "
-                                   "driving clips)."),
-                io.Image.Input("image", tooltip="The portrait with several people (the start image of "
-                               "WanImageToVideo)."),
-                io.Int.Input("width", default=832, min=16, max=4096, step=8, tooltip="Output width: the same as "
-                             "WanImageToVideo's."),
-                io.Int.Input("height", default=480, min=16, max=4096, step=8, tooltip="Output height: the same as "
-                             "WanImageToVideo's."),
-                embeds("embeds_1"), embeds("embeds_2"),
-                io.String.Input("mapping", default="", tooltip="Which driver animates each face, faces left to right, "
-                                "e.g. '2,1'. Empty: driver k animates face k."),
-                io.Combo.Input("background", options=["all", "none"], default="all", tooltip="What tokens outside "
-                               "every face region attend to: all drivers (released) or none (no portrait there)."),
-                io.String.Input("strengths", default="", tooltip="Per-person portrait strength in face order, e.g. "
-                                "'1.0,0.7' (one number applies to all). Empty: 1 for everyone."),
-                embeds("embeds_3", optional=True), embeds("embeds_4", optional=True),
-            ],
-            outputs=[
-                EmbedsIO.Output("portrait_embeds", display_name="portrait_embeds", tooltip="Tokens, windows and mask "
-                                "of every person."),
-                io.Int.Output("num_frames", display_name="num_frames", tooltip="Output length in frames."),
-                io.Image.Output("regions_preview", display_name="regions_preview", tooltip="Each person's region "
-                                "tinted and numbered."),
-                io.Float.Output("fps", display_name="fps", tooltip="Frame rate of the first driver's motion: connect "
-                                "it to Create Video's fps."),
-            ],
-        )
+        return node_schema(cls, "Multi-Portrait Combine", "embeds", inputs=[
+            FaceModelsIO.Input("face_models", tooltip="Finds the faces in the portrait (same detector as the "
+                               "driving clips)."),
+            io.Image.Input("image", tooltip="The portrait with several people (the start image of "
+                           "WanImageToVideo)."),
+            io.Int.Input("width", default=832, min=16, max=4096, step=8, tooltip="Output width: the same as "
+                         "WanImageToVideo's."),
+            io.Int.Input("height", default=480, min=16, max=4096, step=8, tooltip="Output height: the same as "
+                         "WanImageToVideo's."),
+            embeds("embeds_1"), embeds("embeds_2"),
+            io.String.Input("mapping", default="", tooltip="Which driver animates each face, faces left to right, "
+                            "e.g. '2,1'. Empty: driver k animates face k."),
+            io.Combo.Input("background", options=["all", "none"], default="all", tooltip="What tokens outside "
+                           "every face region attend to: all drivers (released) or none (no portrait there)."),
+            io.String.Input("strengths", default="", tooltip="Per-person portrait strength in face order, e.g. "
+                            "'1.0,0.7' (one number applies to all). Empty: 1 for everyone."),
+            embeds("embeds_3", optional=True), embeds("embeds_4", optional=True),
+        ], outputs=[
+            output(EmbedsIO, "portrait_embeds", "Tokens, windows and mask of every person."),
+            output(io.Int, "num_frames", "Output length in frames."),
+            output(io.Image, "regions_preview", "Each person's region tinted and numbered."),
+            output(io.Float, "fps", "Frame rate of the first driver's motion: connect it to Create Video's fps."),
+        ])
 
     @classmethod
     def execute(cls, face_models, image, width, height, embeds_1, embeds_2, mapping, background, strengths,
@@ -180,7 +167,8 @@ class FantasyPortraitMultiCombine(io.ComfyNode):
         frames, per_frame = frame_count_of_latent(t_lat), drivers[0].embeds.tokens_per_frame
         tokens = torch.cat([d.embeds.tokens[:, :frames * per_frame] for d in drivers])
         embeds = PortraitEmbeds(tokens=tokens, windows=out["windows"], num_frames=frames, tokens_per_frame=per_frame)
-        resized = comfy.utils.common_upscale(image[:1].movedim(-1, 1), width, height, "bilinear", "center").movedim(1, -1)
+        resized = comfy.utils.common_upscale(image[:1].movedim(-1, 1), width, height, "bilinear", "center")
+        resized = resized.movedim(1, -1)
         preview = draw_regions(frames_to_uint8(resized)[0], out["regions"], faces)
         result = PortraitConditioning(embeds, fps=drivers[0].fps, mask=out["mask"], query_scale=out["query_scale"],
                                       size=(width, height))

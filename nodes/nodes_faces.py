@@ -11,8 +11,8 @@ from ..fantasyportrait_core.faces.tracking import keep_persons, track_faces
 from ..fantasyportrait_core.motion.extraction import (ExpressionFeatures, TrackedFaces, check_driving_frames,
                                                       crops_and_preview, encode_crops, frames_to_uint8)
 from ..fantasyportrait_core.tokens.windows import check_clip_length
-from .common import (CATEGORY, DEFAULT_FPS, PREVIEW_SIDE, FaceModelsIO, FeaturesIO, Progress, TracksIO, log,
-                     to_image)
+from .common import (DEFAULT_FPS, PREVIEW_SIDE, FaceModelsIO, FeaturesIO, Progress, TracksIO, log, node_schema,
+                     output, to_image)
 
 
 def _video_source(video):
@@ -22,47 +22,39 @@ def _video_source(video):
 
 
 class FantasyPortraitFaceTracker(io.ComfyNode):
+    """Detects and tracks every face through the used frames of the driving clip with stable ids, fills frames
+    where a person was missed (reported in the log), and shows boxes, ids and landmarks."""
+
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="FantasyPortraitFaceTracker", display_name="FantasyPortrait Face Tracker",
-            category=f"{CATEGORY}/faces",
-            description="Detects and tracks every face through the used frames of the driving clip with stable ids, "
-                        "fills frames where a person was missed (reported in the log), and shows boxes, ids and "
-                        "landmarks.",
-            inputs=[
-                FaceModelsIO.Input("face_models", tooltip="From FantasyPortrait Face Model Loader."),
-                io.Int.Input("min_face", default=96, min=16, max=1024, tooltip="Smallest face kept (landmark box "
-                             "side, pixels). The released value is 96; lower it for small faces."),
-                io.Int.Input("persons", default=0, min=0, max=16, tooltip="Keep the N persons found in most frames "
-                             "(0 = everyone). Persons are numbered left to right."),
-                io.Video.Input("video", optional=True, tooltip="Driving video straight from Load Video: only the "
-                               "frames used are decoded, one at a time, so a long clip costs no more memory than a "
-                               "short one. Use this or images."),
-                io.Image.Input("images", optional=True, tooltip="Driving frames as images (e.g. from Get Video "
-                               "Components), instead of video. They are already all in memory; the frame window "
-                               "below still applies."),
-                io.Int.Input("start_frame", default=0, min=0, max=1_000_000, optional=True, tooltip="Skip this many "
-                             "frames of the clip (counted at the fps below)."),
-                io.Int.Input("length", default=81, min=0, max=100_000, optional=True, tooltip="Frames to use from "
-                             "start_frame: 4k+1 (81 as released, about 3 s at 25 fps), or 0 for the whole clip."),
-                io.Float.Input("fps", default=0.0, min=0.0, max=120.0, step=0.01, optional=True, tooltip="Retime the "
-                               "video to this frame rate (nearest frame) before taking the frames; the released "
-                               "multi-person code uses 25. 0 keeps the clip's rate. Needs the video input."),
-            ],
-            outputs=[
-                TracksIO.Output("tracks", display_name="tracks", tooltip="Face tracks and aligned faces, for the "
-                                "Expression Extractor."),
-                io.Image.Output("aligned_faces", display_name="aligned_faces", tooltip="The 224x224 faces the motion "
-                                "encoder sees, person by person."),
-                io.Image.Output("preview", display_name="preview", tooltip="The used frames (long side 512) with "
-                                "boxes, ids and landmarks."),
-                io.Float.Output("fps_out", display_name="fps", tooltip="Frame rate of the used frames (from the video, "
-                                "after any retiming; 25 for images)."),
-                io.Audio.Output("audio", display_name="audio", tooltip="The driving video's audio from the first used "
-                                "frame on (none for images): connect it to Create Video."),
-            ],
-        )
+        return node_schema(cls, "Face Tracker", "faces", inputs=[
+            FaceModelsIO.Input("face_models", tooltip="From FantasyPortrait Face Model Loader."),
+            io.Int.Input("min_face", default=96, min=16, max=1024, tooltip="Smallest face kept (landmark box "
+                         "side, pixels). The released value is 96; lower it for small faces."),
+            io.Int.Input("persons", default=0, min=0, max=16, tooltip="Keep the N persons found in most frames "
+                         "(0 = everyone). Persons are numbered left to right."),
+            io.Video.Input("video", optional=True, tooltip="Driving video straight from Load Video: only the "
+                           "frames used are decoded, one at a time, so a long clip costs no more memory than a "
+                           "short one. Use this or images."),
+            io.Image.Input("images", optional=True, tooltip="Driving frames as images (e.g. from Get Video "
+                           "Components), instead of video. They are already all in memory; the frame window "
+                           "below still applies."),
+            io.Int.Input("start_frame", default=0, min=0, max=1_000_000, optional=True, tooltip="Skip this many "
+                         "frames of the clip (counted at the fps below)."),
+            io.Int.Input("length", default=81, min=0, max=100_000, optional=True, tooltip="Frames to use from "
+                         "start_frame: 4k+1 (81 as released, about 3 s at 25 fps), or 0 for the whole clip."),
+            io.Float.Input("fps", default=0.0, min=0.0, max=120.0, step=0.01, optional=True, tooltip="Retime the "
+                           "video to this frame rate (nearest frame) before taking the frames; the released "
+                           "multi-person code uses 25. 0 keeps the clip's rate. Needs the video input."),
+        ], outputs=[
+            output(TracksIO, "tracks", "Face tracks and aligned faces, for the Expression Extractor."),
+            output(io.Image, "aligned_faces", "The 224x224 faces the motion encoder sees, person by person."),
+            output(io.Image, "preview", "The used frames (long side 512) with boxes, ids and landmarks."),
+            output(io.Float, "fps", "Frame rate of the used frames (from the video, after any retiming; 25 for "
+                                    "images)."),
+            output(io.Audio, "audio", "The driving video's audio from the first used frame on (none for images): "
+                                      "connect it to Create Video."),
+        ])
 
     @classmethod
     def execute(cls, face_models, min_face, persons, video=None, images=None, start_frame=0, length=81,
@@ -107,21 +99,18 @@ class FantasyPortraitFaceTracker(io.ComfyNode):
 
 
 class FantasyPortraitExpressionExtractor(io.ComfyNode):
+    """Runs the PD-FGC motion encoder on every aligned face, as the released extraction does: per person and
+    frame, 554 numbers (head pose, eyes, emotion, mouth)."""
+
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="FantasyPortraitExpressionExtractor", display_name="FantasyPortrait Expression Extractor",
-            category=f"{CATEGORY}/faces",
-            description="Runs the PD-FGC motion encoder on every aligned face: per person, 554 numbers per frame.",
-            inputs=[
-                FaceModelsIO.Input("face_models", tooltip="From FantasyPortrait Face Model Loader."),
-                TracksIO.Input("tracks", tooltip="From FantasyPortrait Face Tracker."),
-                io.Float.Input("fps", default=0.0, min=0.0, max=120.0, optional=True, tooltip="Frame rate of the "
-                               "driving frames, kept with the features so the output video can use it. 0 = the "
-                               "tracker's (the video's rate; 25 for images)."),
-            ],
-            outputs=[FeaturesIO.Output("features", display_name="features")],
-        )
+        return node_schema(cls, "Expression Extractor", "faces", inputs=[
+            FaceModelsIO.Input("face_models", tooltip="From FantasyPortrait Face Model Loader."),
+            TracksIO.Input("tracks", tooltip="From FantasyPortrait Face Tracker."),
+            io.Float.Input("fps", default=0.0, min=0.0, max=120.0, optional=True, tooltip="Frame rate of the "
+                           "driving frames, kept with the features so the output video can use it. 0 = the "
+                           "tracker's (the video's rate; 25 for images)."),
+        ], outputs=[output(FeaturesIO, "features")])
 
     @classmethod
     def execute(cls, face_models, tracks, fps=0.0) -> io.NodeOutput:

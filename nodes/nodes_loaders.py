@@ -13,28 +13,24 @@ from ..fantasyportrait_core.faces.landmarks import LandmarkModel
 from ..fantasyportrait_core.motion.encoder import load_motion_encoder
 from ..fantasyportrait_core.motion.extraction import FaceModels
 from ..fantasyportrait_core.tokens.checkpoint import load_adapter
-from .common import (CATEGORY, FOLDER, AdapterIO, FaceModelsIO, adapter_files, model_path,
+from .common import (FOLDER, AdapterIO, FaceModelsIO, adapter_files, model_path, node_schema, output,
                      register_model_folder)
 
 register_model_folder()
 
 
 class FantasyPortraitModelLoader(io.ComfyNode):
+    """Loads the FantasyPortrait adapter (expression-token encoder and per-block projections)."""
+
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="FantasyPortraitModelLoader", display_name="FantasyPortrait Model Loader",
-            category=f"{CATEGORY}/loaders",
-            description="Loads the FantasyPortrait adapter (expression-token encoder and per-block projections).",
-            inputs=[
-                io.Combo.Input("model_name", options=adapter_files(), tooltip="FantasyPortrait adapter: "
-                               "fantasyportrait_model.ckpt or Wan2_1_FantasyPortrait_fp16.safetensors, from "
-                               "models/fantasyportrait/ (or models/diffusion_models/)."),
-                io.Combo.Input("dtype", options=["bf16", "fp16", "fp32"], default="bf16",
-                               tooltip="Precision of the adapter weights."),
-            ],
-            outputs=[AdapterIO.Output("adapter", display_name="adapter")],
-        )
+        return node_schema(cls, "Model Loader", "loaders", inputs=[
+            io.Combo.Input("model_name", options=adapter_files(), tooltip="FantasyPortrait adapter: "
+                           "fantasyportrait_model.ckpt or Wan2_1_FantasyPortrait_fp16.safetensors, from "
+                           "models/fantasyportrait/ (or models/diffusion_models/)."),
+            io.Combo.Input("dtype", options=["bf16", "fp16", "fp32"], default="bf16",
+                           tooltip="Precision of the adapter weights."),
+        ], outputs=[output(AdapterIO, "adapter")])
 
     @classmethod
     def execute(cls, model_name, dtype) -> io.NodeOutput:
@@ -43,31 +39,27 @@ class FantasyPortraitModelLoader(io.ComfyNode):
 
 
 class FantasyPortraitFaceModelLoader(io.ComfyNode):
+    """Loads the face detector, landmark model and motion encoder once; reused across runs."""
+
     @classmethod
     def define_schema(cls):
         onnx = [f for f in folder_paths.get_filename_list(FOLDER) if f.lower().endswith(".onnx")]
         motion = [f for f in folder_paths.get_filename_list(FOLDER) if f.lower().endswith((".pth", ".safetensors"))]
         motion += [f for f in folder_paths.get_filename_list("diffusion_models") if "portrait" in f.lower()]
-        return io.Schema(
-            node_id="FantasyPortraitFaceModelLoader", display_name="FantasyPortrait Face Model Loader",
-            category=f"{CATEGORY}/loaders",
-            description="Loads the face detector, landmark model and motion encoder once; reused across runs.",
-            inputs=[
-                io.Combo.Input("detector", options=onnx, default="face_det.onnx", tooltip="Released face detector "
-                               "face_det.onnx (models/fantasyportrait/)."),
-                io.Combo.Input("landmarks", options=onnx, default="face_landmark.onnx", tooltip="Released 222-point "
-                               "landmark model face_landmark.onnx (models/fantasyportrait/)."),
-                io.Combo.Input("motion_encoder", options=motion, tooltip="PD-FGC motion encoder: pd_fpg.pth, or the "
-                               "single-file FantasyPortrait .safetensors (its pd_fpg. part is used)."),
-                io.Combo.Input("device", options=["auto", "cpu"], default="auto", tooltip="auto: the GPU ComfyUI uses "
-                               "(ONNX models on CUDA when onnxruntime-gpu is installed); cpu: keep the face models "
-                               "off the GPU."),
-                io.String.Input("insightface_dir", default="", optional=True, tooltip="Optional: a local insightface "
-                                "model folder (e.g. models/insightface/models/buffalo_l) to detect faces with SCRFD "
-                                "instead of the released detector. Needs the insightface package."),
-            ],
-            outputs=[FaceModelsIO.Output("face_models", display_name="face_models")],
-        )
+        return node_schema(cls, "Face Model Loader", "loaders", inputs=[
+            io.Combo.Input("detector", options=onnx, default="face_det.onnx", tooltip="Released face detector "
+                           "face_det.onnx (models/fantasyportrait/)."),
+            io.Combo.Input("landmarks", options=onnx, default="face_landmark.onnx", tooltip="Released 222-point "
+                           "landmark model face_landmark.onnx (models/fantasyportrait/)."),
+            io.Combo.Input("motion_encoder", options=motion, tooltip="PD-FGC motion encoder: pd_fpg.pth, or the "
+                           "single-file FantasyPortrait .safetensors (its pd_fpg. part is used)."),
+            io.Combo.Input("device", options=["auto", "cpu"], default="auto", tooltip="auto: the GPU ComfyUI uses "
+                           "(ONNX models on CUDA when onnxruntime-gpu is installed); cpu: keep the face models "
+                           "off the GPU."),
+            io.String.Input("insightface_dir", default="", optional=True, tooltip="Optional: a local insightface "
+                            "model folder (e.g. models/insightface/models/buffalo_l) to detect faces with SCRFD "
+                            "instead of the released detector. Needs the insightface package."),
+        ], outputs=[output(FaceModelsIO, "face_models")])
 
     @classmethod
     def execute(cls, detector, landmarks, motion_encoder, device, insightface_dir="") -> io.NodeOutput:

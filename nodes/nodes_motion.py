@@ -12,7 +12,7 @@ from comfy_api.latest import io
 from ..fantasyportrait_core.errors import FantasyPortraitError
 from ..fantasyportrait_core.motion.control import (COMPONENTS, MODES, ComponentControl, MotionControl,
                                                    apply_motion_control, draw_motion_preview)
-from .common import CATEGORY, FeaturesIO, log
+from .common import FeaturesIO, log, node_schema, output
 
 MODE_TIP = ("follow: as driven; freeze: hold the reference frame's value; scale: reference + amount x (driven - "
             "reference), below 1 calms, above 1 exaggerates.")
@@ -31,28 +31,24 @@ def _component_inputs(name: str, label: str) -> list:
 
 
 class FantasyPortraitMotionControl(io.ComfyNode):
+    """Per-component motion control on the expression features, before they become tokens (so they stay in the
+    trained distribution): follow, freeze, scale and smooth head pose, eyes, emotion and mouth, e.g. a talking
+    portrait with a still head (head pose: freeze). The preview plots each component's motion over time before
+    (grey) and after (colour) the edit."""
+
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="FantasyPortraitMotionControl", display_name="FantasyPortrait Motion Control",
-            category=f"{CATEGORY}/motion",
-            description="Per-component motion control on the expression features, before they become tokens (so "
-                        "they stay in the trained distribution): follow, freeze, scale and smooth head pose, eyes, "
-                        "emotion and mouth, e.g. a talking portrait with a still head (head pose: freeze). The "
-                        "preview plots each component's motion over time before (grey) and after (colour) the edit.",
-            inputs=[
-                FeaturesIO.Input("features", tooltip="From FantasyPortrait Expression Extractor (or another Motion "
-                                 "Control node)."),
-                io.Int.Input("person", default=-1, min=-1, max=15, tooltip="Which tracked person to edit (numbered "
-                             "from 0, left to right); -1 = every person. Chain nodes for different edits per "
-                             "person."),
-                *[i for name, label in COMPONENTS.items() for i in _component_inputs(name, label)],
-                io.Int.Input("reference_frame", default=0, min=0, max=100000, tooltip="Frame whose value freeze holds "
-                             "and scale measures from (0 = the first frame)."),
-            ],
-            outputs=[FeaturesIO.Output("features_out", display_name="features"),
-                     io.Image.Output("preview", display_name="preview")],
-        )
+        return node_schema(cls, "Motion Control", "motion", inputs=[
+            FeaturesIO.Input("features", tooltip="From FantasyPortrait Expression Extractor (or another Motion "
+                             "Control node)."),
+            io.Int.Input("person", default=-1, min=-1, max=15, tooltip="Which tracked person to edit (numbered "
+                         "from 0, left to right); -1 = every person. Chain nodes for different edits per "
+                         "person."),
+            *[i for name, label in COMPONENTS.items() for i in _component_inputs(name, label)],
+            io.Int.Input("reference_frame", default=0, min=0, max=100000, tooltip="Frame whose value freeze holds "
+                         "and scale measures from (0 = the first frame)."),
+        ], outputs=[output(FeaturesIO, "features"),
+                 output(io.Image, "preview")])
 
     @classmethod
     def execute(cls, features, person, reference_frame, **widgets) -> io.NodeOutput:

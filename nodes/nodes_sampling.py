@@ -11,7 +11,7 @@ from comfy_api.latest import io
 
 from ..fantasyportrait_core.errors import FantasyPortraitError
 from ..fantasyportrait_core.branch.conditioning import PortraitConditioning
-from .common import CATEGORY, AdapterIO, EmbedsIO
+from .common import AdapterIO, EmbedsIO, node_schema, output
 
 
 def _patch(model, adapter, portrait_embeds, strength, start_percent, end_percent):
@@ -54,18 +54,16 @@ def _conds() -> list:
 
 
 class FantasyPortraitApply(io.ComfyNode):
+    """Adds the portrait cross-attention to every Wan block (a patched copy; your MODEL is unchanged). Use with
+    FantasyPortrait Guider for portrait_cfg; with a plain sampler the portrait acts in every pass."""
+
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="FantasyPortraitApply", display_name="FantasyPortrait Apply (MODEL patch)",
-            category=f"{CATEGORY}/sampling",
-            description="Adds the portrait cross-attention to every Wan block (a patched copy; your MODEL is "
-                        "unchanged). Use with FantasyPortrait Guider for portrait_cfg; with a plain sampler the "
-                        "portrait acts in every pass.",
-            inputs=[io.Model.Input("model", tooltip="Native Wan 2.1 I2V 14B model (Load Diffusion Model); LoRAs may "
-                                   "be applied before or after."), *_patch_inputs()],
-            outputs=[io.Model.Output("MODEL", display_name="MODEL")],
-        )
+        return node_schema(cls, "Apply (MODEL patch)", "sampling", inputs=[
+            io.Model.Input("model", tooltip="Native Wan 2.1 I2V 14B model (Load Diffusion Model); LoRAs may be "
+                           "applied before or after."),
+            *_patch_inputs(),
+        ], outputs=[output(io.Model, "MODEL")])
 
     @classmethod
     def execute(cls, model, adapter, portrait_embeds, portrait_strength, start_percent, end_percent) -> io.NodeOutput:
@@ -82,15 +80,13 @@ def _guider(model, positive, negative, cfg, portrait_cfg):
 
 
 class FantasyPortraitGuider(io.ComfyNode):
+    """Guidance with a separate portrait scale, for SamplerCustomAdvanced."""
+
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="FantasyPortraitGuider", display_name="FantasyPortrait Guider", category=f"{CATEGORY}/sampling",
-            description="Guidance with a separate portrait scale, for SamplerCustomAdvanced.",
-            inputs=[io.Model.Input("model", tooltip="A model patched by FantasyPortrait Apply."), *_conds(),
-                    *_guide_inputs()],
-            outputs=[io.Guider.Output("GUIDER", display_name="GUIDER")],
-        )
+        return node_schema(cls, "Guider", "sampling", inputs=[
+            io.Model.Input("model", tooltip="A model patched by FantasyPortrait Apply."), *_conds(), *_guide_inputs(),
+        ], outputs=[output(io.Guider, "GUIDER")])
 
     @classmethod
     def execute(cls, model, positive, negative, cfg, portrait_cfg) -> io.NodeOutput:
@@ -98,27 +94,24 @@ class FantasyPortraitGuider(io.ComfyNode):
 
 
 class FantasyPortraitSampler(io.ComfyNode):
+    """KSampler for native Wan with the FantasyPortrait branch and portrait guidance."""
+
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="FantasyPortraitSampler", display_name="FantasyPortrait Sampler", category=f"{CATEGORY}/sampling",
-            description="KSampler for native Wan with the FantasyPortrait branch and portrait guidance.",
-            inputs=[
-                io.Model.Input("model", tooltip="Native Wan 2.1 I2V 14B model (Load Diffusion Model), LoRAs welcome."),
-                *_patch_inputs(), *_conds(),
-                io.Latent.Input("latent_image", tooltip="From WanImageToVideo (its length must match the embeds)."),
-                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
-                             tooltip="Noise seed."),
-                io.Int.Input("steps", default=30, min=1, max=10000, tooltip="Released: 30."),
-                *_guide_inputs(),
-                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler",
-                               tooltip="Sampler."),
-                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple",
-                               tooltip="Scheduler."),
-                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="Denoise."),
-            ],
-            outputs=[io.Latent.Output("LATENT", display_name="LATENT")],
-        )
+        return node_schema(cls, "Sampler", "sampling", inputs=[
+            io.Model.Input("model", tooltip="Native Wan 2.1 I2V 14B model (Load Diffusion Model), LoRAs welcome."),
+            *_patch_inputs(), *_conds(),
+            io.Latent.Input("latent_image", tooltip="From WanImageToVideo (its length must match the embeds)."),
+            io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                         tooltip="Noise seed."),
+            io.Int.Input("steps", default=30, min=1, max=10000, tooltip="Released: 30."),
+            *_guide_inputs(),
+            io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler",
+                           tooltip="Sampler."),
+            io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple",
+                           tooltip="Scheduler."),
+            io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="Denoise."),
+        ], outputs=[output(io.Latent, "LATENT")])
 
     @classmethod
     def execute(cls, model, adapter, portrait_embeds, portrait_strength, start_percent, end_percent, positive,

@@ -8,33 +8,28 @@ from comfy_api.latest import io
 from ..fantasyportrait_core.faces.detector import portrait_faces
 from ..fantasyportrait_core.faces.frames import to_uint8
 from ..fantasyportrait_core.sizing import RESOLUTIONS, output_size
-from .common import CATEGORY, FaceModelsIO, log
+from .common import FaceModelsIO, log, node_schema, output
 
 
 class FantasyPortraitOutputSize(io.ComfyNode):
+    """Output size as Wan 2.1 I2V (and the released FantasyPortrait) computes it: the portrait's aspect ratio at
+    the chosen resolution's area, each side a multiple of 16, so nothing is cropped away."""
+
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="FantasyPortraitOutputSize", display_name="FantasyPortrait Output Size",
-            category=f"{CATEGORY}/embeds",
-            description="Output size as Wan 2.1 I2V (and the released FantasyPortrait) computes it: the portrait's "
-                        "aspect ratio at the chosen resolution's area, each side a multiple of 16, so nothing is "
-                        "cropped away.",
-            inputs=[
-                io.Image.Input("image", tooltip="The portrait (the start image of WanImageToVideo)."),
-                io.Combo.Input("resolution", options=list(RESOLUTIONS), default="480p", tooltip="Wan resolution: the "
-                               "output has about this many pixels (480p: 480x832, 720p: 720x1280) in the portrait's "
-                               "aspect ratio; use the 720p model for 720p."),
-                FaceModelsIO.Input("face_models", optional=True, tooltip="Optional: check that the portrait has a face "
-                                   "before anything is sampled (clear error if not)."),
-            ],
-            outputs=[
-                io.Int.Output("width", display_name="width", tooltip="Output width (multiple of 16): connect to "
-                              "WanImageToVideo and Multi-Portrait Combine."),
-                io.Int.Output("height", display_name="height", tooltip="Output height (multiple of 16): connect to "
-                              "WanImageToVideo and Multi-Portrait Combine."),
-            ],
-        )
+        return node_schema(cls, "Output Size", "embeds", inputs=[
+            io.Image.Input("image", tooltip="The portrait (the start image of WanImageToVideo)."),
+            io.Combo.Input("resolution", options=list(RESOLUTIONS), default="480p", tooltip="Wan resolution: the "
+                           "output has about this many pixels (480p: 480x832, 720p: 720x1280) in the portrait's "
+                           "aspect ratio; use the 720p model for 720p."),
+            FaceModelsIO.Input("face_models", optional=True, tooltip="Optional: check that the portrait has a face "
+                               "before anything is sampled (clear error if not)."),
+        ], outputs=[
+            output(io.Int, "width", "Output width (multiple of 16): connect to WanImageToVideo and Multi-Portrait "
+                                    "Combine."),
+            output(io.Int, "height", "Output height (multiple of 16): connect to WanImageToVideo and "
+                                     "Multi-Portrait Combine."),
+        ])
 
     @classmethod
     def execute(cls, image, resolution, face_models=None) -> io.NodeOutput:

@@ -24,22 +24,30 @@ class NodeCall:
         return self.cls.EXECUTE_NORMALIZED(**kwargs).result
 
 
-def boot(comfy_dir: str, repo: str) -> types.SimpleNamespace:
-    sys.argv = [sys.argv[0], "--cpu", "--use-pytorch-cross-attention"]
+def import_host(comfy_dir: str, repo: str, comfy_args=("--cpu", "--use-pytorch-cross-attention")) -> str:
+    """Make a ComfyUI checkout importable in this process with ``comfy_args`` as its command line, and
+    this pack importable as package ``fantasyportrait_pack`` (a link in a new temporary folder, which is
+    returned). Also used by the Wan benchmarks."""
+    sys.argv = [sys.argv[0], *comfy_args]
     os.chdir(comfy_dir)
     sys.path.insert(0, comfy_dir)
     sys.path.insert(0, os.path.join(repo, "tests"))
     import comfy.options
 
     comfy.options.enable_args_parsing()
+    tmp = tempfile.mkdtemp()
+    os.symlink(repo, os.path.join(tmp, "fantasyportrait_pack"))
+    sys.path.insert(0, tmp)
+    return tmp
+
+
+def boot(comfy_dir: str, repo: str) -> types.SimpleNamespace:
+    tmp = import_host(comfy_dir, repo)
     import torch
 
     import comfy.sd
 
     torch.set_grad_enabled(False)
-    tmp = tempfile.mkdtemp()
-    os.symlink(repo, os.path.join(tmp, "fantasyportrait_pack"))
-    sys.path.insert(0, tmp)
     import fantasyportrait_pack
     from checkpoint_factory import adapter_state_dict, flatten
     from comfy_models import write_tiny_wan

@@ -115,21 +115,16 @@ def test_run_uploads_fills_queues_and_downloads(fake, capsys):
     assert "queued as p1" in capsys.readouterr().err
 
 
-def test_validation_error_is_reported_with_the_node(fake, capsys):
+@pytest.mark.parametrize("mode, message", [
+    ("invalid", "node 16 (FantasyPortraitModelLoader): Value not in list model_name: 'x.ckpt'"),  # validation
+    ("error", "node 19 (FantasyPortraitSampler) failed: FantasyPortraitError: The portrait embeds cover 81 frames"),
+])
+def test_a_failed_prompt_is_reported_with_the_node(fake, capsys, mode, message):
     url, tmp, wf = fake
-    FakeComfy.mode = "invalid"
+    FakeComfy.mode = mode
     assert main(args(url, tmp, wf, "drive1.mp4")) == 1
-    err = capsys.readouterr().err
-    assert "node 16 (FantasyPortraitModelLoader): Value not in list model_name: 'x.ckpt'" in err
+    assert message in capsys.readouterr().err
     assert not (tmp / "out" / "result.mp4").exists()
-
-
-def test_execution_error_is_reported_with_the_node(fake, capsys):
-    url, tmp, wf = fake
-    FakeComfy.mode = "error"
-    assert main(args(url, tmp, wf, "drive1.mp4")) == 1
-    err = capsys.readouterr().err
-    assert "node 19 (FantasyPortraitSampler) failed: FantasyPortraitError: The portrait embeds cover 81 frames" in err
 
 
 def test_unreachable_server_and_bad_inputs(tmp_path, capsys):
