@@ -27,17 +27,14 @@ def main():
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--tiny", action="store_true", help="a tiny model on any device (smoke test)")
     args = ap.parse_args()
-    comfy_dir = os.environ.get("COMFYUI_DIR")
-    if not comfy_dir:
-        sys.exit("set COMFYUI_DIR to a ComfyUI checkout and run this with its Python")
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from comfy_inproc import NodeCall, import_host
+
     import torch
 
     if not args.tiny and not torch.cuda.is_available():
         sys.exit("no CUDA device: this benchmark measures GPU time and memory (use --tiny for a smoke test)")
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from comfy_inproc import NodeCall, import_host
-
-    import_host(comfy_dir, ROOT, ["--cpu"] if args.tiny and not torch.cuda.is_available() else [])
+    import_host(os.environ.get("COMFYUI_DIR"), ROOT, ["--cpu"] if args.tiny and not torch.cuda.is_available() else [])
     import comfy.model_management as mm
     import comfy.ops
     import comfy.sd

@@ -28,6 +28,8 @@ def import_host(comfy_dir: str, repo: str, comfy_args=("--cpu", "--use-pytorch-c
     """Make a ComfyUI checkout importable in this process with ``comfy_args`` as its command line, and
     this pack importable as package ``fantasyportrait_pack`` (a link in a new temporary folder, which is
     returned). Also used by the Wan benchmarks."""
+    if not comfy_dir:
+        sys.exit("set COMFYUI_DIR to a ComfyUI checkout and run this with its Python")
     sys.argv = [sys.argv[0], *comfy_args]
     os.chdir(comfy_dir)
     sys.path.insert(0, comfy_dir)
