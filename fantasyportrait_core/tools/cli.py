@@ -26,6 +26,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _command(sub, name: str, func, help: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand ``name`` that runs ``func(args)``."""
+    cmd = sub.add_parser(name, help=help, description=description)
+    cmd.set_defaults(func=func)
+    return cmd
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fantasyportrait",
@@ -34,8 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    ext = sub.add_parser(
-        "extract",
+    ext = _command(sub, "extract", _cmd_extract,
         help="track the faces in driving videos and extract per-person expression features",
         description=(
             "Detect and track every face in the driving video(s), align each face and run the PD-FGC motion "
@@ -77,10 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument("--preview", metavar="PREVIEW.mp4",
                      help="also write a video with each person's box, id and landmarks drawn (one file per "
                           "video: PREVIEW_1.mp4, ... when several videos are given)")
-    ext.set_defaults(func=_cmd_extract)
 
-    enc = sub.add_parser(
-        "encode",
+    enc = _command(sub, "encode", _cmd_encode,
         help="turn expression features into expression tokens and per-latent-frame windows",
         description=(
             "Read per-person expression features (a safetensors file with 'features' [P, F, 554] float32, "
@@ -118,10 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="precision of the adapter's K/V weights (unused here); the token encoder runs in fp32 "
                           "and the output is float32")
     enc.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu or cuda (default cpu)")
-    enc.set_defaults(func=_cmd_encode)
 
-    run = sub.add_parser(
-        "run",
+    run = _command(sub, "run", _cmd_run,
         help="run an API-format workflow on a ComfyUI server and download the video",
         description=(
             "Upload the portrait image and driving video(s) to a running ComfyUI (or one started for the run), "
@@ -144,10 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
                      help="override a workflow input before queueing (repeatable); NODE is a node id or title, "
                           "e.g. --set 19.seed=7 --set 1.unet_name=wan2.1_i2v_720p_14B_fp8_e4m3fn.safetensors")
-    run.set_defaults(func=_cmd_run)
 
-    batch = sub.add_parser(
-        "batch",
+    batch = _command(sub, "batch", _cmd_batch,
         help="run a jobs file (CSV or JSONL) over one or many ComfyUI servers, resumably",
         description=(
             "Run every job of a jobs file (one per row: image, video or video/video2/..., optional workflow, "
@@ -176,10 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--cancel-running", action="store_true",
                        help="on Ctrl-C also interrupt this batch's running prompts (default: let them finish)")
     _private_server_options(batch)
-    batch.set_defaults(func=_cmd_batch)
 
-    setup = sub.add_parser(
-        "setup",
+    setup = _command(sub, "setup", _cmd_setup,
         help="put the pack and every model file the shipped workflows need into a ComfyUI",
         description=(
             "Copy the pack into ComfyUI's custom_nodes/, install its requirements into ComfyUI's Python (its torch "
@@ -196,7 +194,6 @@ def build_parser() -> argparse.ArgumentParser:
     setup.add_argument("--dry-run", action="store_true",
                        help="list what would be installed and downloaded, where and how large; change nothing "
                             "(works offline, marking sizes it could not look up)")
-    setup.set_defaults(func=_cmd_setup)
     return parser
 
 
