@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 
 from comfy_api.latest import io
 
@@ -118,8 +117,8 @@ class FantasyPortraitExpressionExtractor(io.ComfyNode):
 
         require_finite(fps=fps)
         t, crops = tracks.tracks, tracks.crops.reshape(-1, 224, 224, 3)
-        device = getattr(face_models, "torch_device", torch.device("cpu"))
-        encoder, device = load_managed(managed_module(face_models, "_comfy_motion", face_models.motion_encoder, device))
+        encoder, device = load_managed(managed_module(face_models, "_comfy_motion", face_models.motion_encoder,
+                                                      face_models.device))
         feats = encode_crops(encoder, crops, device=device, progress=Progress(len(crops)))
         rate = fps or tracks.fps or DEFAULT_FPS
         return io.NodeOutput(ExpressionFeatures(feats.reshape(t.num_persons, t.num_frames, -1), t, rate))

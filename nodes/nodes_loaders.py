@@ -72,9 +72,8 @@ class FantasyPortraitFaceModelLoader(io.ComfyNode):
             det = InsightFaceDetector(insightface_dir.strip(), providers=providers)
         else:
             det = FaceDetector(paths[0], providers)
-        models = FaceModels(det, LandmarkModel(paths[1], providers), enc)
-        models.torch_device = comfy.model_management.get_torch_device() if device == "auto" else torch.device("cpu")
-        return io.NodeOutput(models)
+        torch_device = comfy.model_management.get_torch_device() if device == "auto" else torch.device("cpu")
+        return io.NodeOutput(FaceModels(det, LandmarkModel(paths[1], providers), enc, torch_device))
 
 
 NODES = [FantasyPortraitModelLoader, FantasyPortraitFaceModelLoader]

@@ -25,9 +25,11 @@ Progress = Callable[[int, int], None]
 
 @dataclass
 class FaceModels:
+    """The three released face models, and the torch device the motion encoder runs on."""
     detector: FaceDetector
     landmarker: LandmarkModel
     motion_encoder: MotionEncoder | None = None
+    device: torch.device = torch.device("cpu")
 
 
 def load_face_models(models_dir: str | None = None, detector: str | None = None, landmarks: str | None = None,
