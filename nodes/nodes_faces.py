@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from comfy_api.latest import io
 
 from ..fantasyportrait_core.errors import FantasyPortraitError, require_finite
