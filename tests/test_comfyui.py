@@ -235,7 +235,8 @@ def test_server_lists_every_node(tmp_path):
             for section in node["input"].values():
                 for inp, spec in section.items():
                     assert len(spec) > 1 and spec[1].get("tooltip"), f"{name}.{inp} has no tooltip"
-            # the node docs panel reads WEB_DIRECTORY/docs/<node id>.md: served, titled, naming every socket
+            # the node docs panel (frontend 1.27) asks for /extensions/<pack folder>/docs/<id>/<locale>.md, then
+            # /extensions/<pack folder>/docs/<id>.md: served, titled, naming every socket
             with urllib.request.urlopen(f"{server.url}/extensions/ComfyUI-FantasyPortrait/docs/{name}.md",
                                         timeout=30) as r:
                 doc = r.read().decode()
