@@ -20,7 +20,7 @@ from ..video import DrivingFrames
 
 MODEL_FILES = {"detector": "face_det.onnx", "landmarks": "face_landmark.onnx", "motion": "pd_fpg.pth"}
 
-Progress = Callable[[int, int], None]
+ProgressFn = Callable[[int, int], None]  # progress(done, total); the nodes pass a ComfyUI progress bar
 
 
 @dataclass
@@ -91,7 +91,7 @@ def default_batch_size(device) -> int:
 
 @torch.inference_mode()
 def encode_crops(encoder: MotionEncoder, crops: np.ndarray, batch_size: int | None = None, device=None,
-                 progress: Progress | None = None) -> torch.Tensor:
+                 progress: ProgressFn | None = None) -> torch.Tensor:
     """``[N, 224, 224, 3]`` uint8 crops -> ``[N, 554]`` float32 features, in batches (channels-last)."""
     param = next(encoder.parameters())
     device = device or param.device
@@ -139,7 +139,7 @@ def check_driving_frames(count: int, source: str = "the driving clip") -> None:
 
 def extract_features(frames, models: FaceModels, min_face: float = DEFAULT_MIN_FACE, persons: int = 0,
                      batch_size: int | None = None, fps: float | None = None, source: str = "the driving clip",
-                     progress: Progress | None = None) -> ExpressionFeatures:
+                     progress: ProgressFn | None = None) -> ExpressionFeatures:
     """The whole face pipeline on one clip. ``progress(done, total)`` covers tracking and encoding."""
     if models.motion_encoder is None:
         raise FantasyPortraitError("No motion encoder loaded (pd_fpg.pth): cannot extract expression features.")
@@ -201,7 +201,7 @@ def draw_preview(frames, tracks: FaceTracks, landmarks: bool = True, max_side: i
 
 
 def crops_and_preview(frames, tracks: FaceTracks, max_side: int | None = None, crops: bool = True,
-                      landmarks: bool = True, progress: Progress | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+                      landmarks: bool = True, progress: ProgressFn | None = None) -> tuple[np.ndarray | None, np.ndarray]:
     """The aligned faces (as :func:`aligned_crops`) and the preview (as :func:`draw_preview`) in one
     pass over ``frames``, so a lazily decoded clip is decoded once for both; ``progress(done, total)``
     after each frame."""
