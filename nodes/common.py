@@ -9,6 +9,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..fantasyportrait_core.errors import FantasyPortraitError
+from ..fantasyportrait_core.tokens.windows import check_clip_length
 
 FOLDER = "fantasyportrait"
 CATEGORY = "FantasyPortrait"
@@ -34,6 +35,22 @@ def output(kind, name: str, tooltip: str | None = None):
     """An output socket shown as ``name``. Its id gets a suffix: V3 ids must differ from every input's
     id, and several nodes pass a value through (an ``fps`` input and an ``fps`` output)."""
     return kind.Output(f"{name}_out", display_name=name, tooltip=tooltip)
+
+
+def check_length_widget(value, name: str, maximum: int) -> bool | str:
+    """For a node's ``validate_inputs``: True, or why a frame-count widget (0 or 4k+1) is refused. ComfyUI
+    calls it when the prompt is queued, so a bad value fails at once instead of after minutes of face
+    tracking; it skips its own min/max check for such a widget, so the range is checked here too. A value
+    that arrives through a link is not known then (None) and is checked when the node runs."""
+    if value is None:
+        return True
+    if value > maximum:
+        return f"{name} is {value}, more than its maximum {maximum}."
+    try:
+        check_clip_length(value, name)
+    except FantasyPortraitError as exc:
+        return str(exc)
+    return True
 
 
 def register_model_folder() -> None:

@@ -18,11 +18,12 @@ from ..fantasyportrait_core.branch.conditioning import PortraitConditioning
 from ..fantasyportrait_core.faces.detector import portrait_faces
 from ..fantasyportrait_core.faces.tracking import largest_person
 from ..fantasyportrait_core.tokens.windows import fit_frame_count, frame_count_of_latent
-from .common import (DEFAULT_FPS, AdapterIO, EmbedsIO, FaceModelsIO, FeaturesIO, Progress, log, node_schema,
-                     output, to_image)
+from .common import (DEFAULT_FPS, AdapterIO, EmbedsIO, FaceModelsIO, FeaturesIO, Progress, check_length_widget,
+                     log, node_schema, output, to_image)
 
 
 SCALE = dict(default=1.0, min=0.0, max=10.0, step=0.01)
+NUM_FRAMES_MAX = 4097
 
 
 class FantasyPortraitEncode(io.ComfyNode):
@@ -36,8 +37,8 @@ class FantasyPortraitEncode(io.ComfyNode):
             io.Int.Input("person", default=-1, min=-1, max=15, tooltip="Which tracked person drives the portrait: "
                          "-1 = the largest face (the released rule; switches and ties are logged), or a person "
                          "number (0 = leftmost)."),
-            io.Int.Input("num_frames", default=0, min=0, max=4097, step=1, tooltip="Output length in frames (4k+1, "
-                         "as in WanImageToVideo's length). 0 = from the driving clip."),
+            io.Int.Input("num_frames", default=0, min=0, max=NUM_FRAMES_MAX, step=1, tooltip="Output length in "
+                         "frames (4k+1, as in WanImageToVideo's length). 0 = from the driving clip."),
             io.Combo.Input("frame_fit", options=["trim", "pad"], default="trim", tooltip="When the clip is not "
                            "4k+1 frames long (or differs from num_frames): trim it (released behaviour) or pad by "
                            "repeating the last frame."),
@@ -55,6 +56,10 @@ class FantasyPortraitEncode(io.ComfyNode):
             output(io.Float, "fps", "Frame rate of the driving motion after any resampling: connect it to Create "
                                     "Video's fps so the video plays at the motion's speed."),
         ])
+
+    @classmethod
+    def validate_inputs(cls, num_frames=0):
+        return check_length_widget(num_frames, "num_frames", NUM_FRAMES_MAX)
 
     @classmethod
     def execute(cls, adapter, features, person, num_frames, frame_fit, proj_scale, mouth_scale, emo_scale,

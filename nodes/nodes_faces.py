@@ -9,8 +9,11 @@ from ..fantasyportrait_core.faces.tracking import keep_persons, track_faces
 from ..fantasyportrait_core.motion.extraction import (ExpressionFeatures, TrackedFaces, check_driving_frames,
                                                       crops_and_preview, encode_crops, frames_to_uint8)
 from ..fantasyportrait_core.tokens.windows import check_clip_length
-from .common import (DEFAULT_FPS, PREVIEW_SIDE, FaceModelsIO, FeaturesIO, Progress, TracksIO, log, node_schema,
-                     output, to_image)
+from .common import (DEFAULT_FPS, PREVIEW_SIDE, FaceModelsIO, FeaturesIO, Progress, TracksIO, check_length_widget,
+                     log, node_schema, output, to_image)
+
+
+LENGTH_MAX = 100_001  # frames of a driving window (4k+1): over an hour at 25 fps
 
 
 def _video_source(video):
@@ -39,7 +42,7 @@ class FantasyPortraitFaceTracker(io.ComfyNode):
                            "below still applies."),
             io.Int.Input("start_frame", default=0, min=0, max=1_000_000, optional=True, tooltip="Skip this many "
                          "frames of the clip (counted at the fps below)."),
-            io.Int.Input("length", default=81, min=0, max=100_000, optional=True, tooltip="Frames to use from "
+            io.Int.Input("length", default=81, min=0, max=LENGTH_MAX, optional=True, tooltip="Frames to use from "
                          "start_frame: 4k+1 (81 as released, about 3 s at 25 fps), or 0 for the whole clip."),
             io.Float.Input("fps", default=0.0, min=0.0, max=120.0, step=0.01, optional=True, tooltip="Retime the "
                            "video to this frame rate (nearest frame) before taking the frames; the released "
@@ -53,6 +56,10 @@ class FantasyPortraitFaceTracker(io.ComfyNode):
             output(io.Audio, "audio", "The driving video's audio from the first used frame on (none for images): "
                                       "connect it to Create Video."),
         ])
+
+    @classmethod
+    def validate_inputs(cls, length=81):
+        return check_length_widget(length, "length", LENGTH_MAX)
 
     @classmethod
     def execute(cls, face_models, min_face, persons, video=None, images=None, start_frame=0, length=81,

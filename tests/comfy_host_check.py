@@ -133,6 +133,11 @@ for args, key in (((adapter, features, 0, 21, "trim", 1.0, 1.0, 1.0), "encode_sh
         result[key] = None
     except Exception as exc:  # noqa: BLE001
         result[key] = str(exc)
+# the frame-count widgets are checked when a prompt is queued (validate_inputs), range included
+encode_check, tracker_check = fp.FantasyPortraitEncode.cls.validate_inputs, fp.FantasyPortraitFaceTracker.cls.validate_inputs
+result["validate_counts"] = [encode_check(num_frames=21), encode_check(num_frames=0), encode_check(num_frames=20),
+                             encode_check(num_frames=8001), encode_check(num_frames=None), tracker_check(length=81),
+                             tracker_check(length=-3)]
 # person -1: the largest face drives (person 1 here)
 boxes2 = np.stack([np.tile(np.array(box, np.float32), (17, 1)) for box in ([0, 0, 20, 20], [30, 0, 70, 40])])
 tracks2 = FaceTracks(boxes2, np.zeros((2, 17, 222, 2), np.float32), np.ones((2, 17), bool), (64, 96))

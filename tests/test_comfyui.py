@@ -76,6 +76,14 @@ def test_encode_node_fits_lengths_and_rates(host_result):
     assert host_result["encode_largest_is_person_1"]  # person -1: the largest face (released rule)
 
 
+def test_frame_count_widgets_are_checked_when_queued(host_result):
+    ok, whole, twenty, huge, linked, released, negative = host_result["validate_counts"]
+    assert ok is True and whole is True and linked is True and released is True
+    assert "num_frames must be 0 (the whole clip) or 4k+1 frames, as Wan makes them; got 20: use 17 or 21" in twenty
+    assert huge == "num_frames is 8001, more than its maximum 4097."
+    assert "length must be 0 (the whole clip) or 4k+1 frames" in negative
+
+
 def test_one_frame_driving_video_is_refused_by_the_nodes(host_result):
     assert "The driving video has a single frame; a driving clip needs motion" in host_result["tracker_one_frame_error"]
 
@@ -341,6 +349,18 @@ def test_shipped_workflows_run_against_a_server(server, name):
     assert proc.returncode == 0, proc.stderr[-3000:] + server["log"].read_text()[-3000:]
     assert "now takes this value instead of node 24's output 0" in proc.stderr  # the size override is said
     check_video(out, *expect)
+
+
+def test_a_bad_frame_count_is_refused_when_the_prompt_is_queued(server):
+    """Encode's num_frames 20 (not 4k+1) through the HTTP API: /prompt refuses the workflow, naming the node and
+    the values to use, before any node runs (no face tracking first)."""
+    out = server["tmp"] / "bad_count.mp4"
+    proc = run_cli(server, shipped(sets=[("17", "num_frames", 20)]), out)
+    assert proc.returncode == 1
+    assert "ComfyUI refused the workflow" in proc.stderr
+    assert "node 17 (FantasyPortraitEncode): Custom validation failed for node num_frames - num_frames must be 0 " \
+           "(the whole clip) or 4k+1 frames, as Wan makes them; got 20: use 17 or 21." in proc.stderr
+    assert not out.exists()
 
 
 def test_ui_workflows_load_in_the_real_frontend(server):
