@@ -58,10 +58,6 @@ class FantasyPortraitEncode(io.ComfyNode):
         ])
 
     @classmethod
-    def validate_inputs(cls, num_frames=0):
-        return check_length_widget(num_frames, "num_frames", NUM_FRAMES_MAX)
-
-    @classmethod
     def execute(cls, adapter, features, person, num_frames, frame_fit, proj_scale, mouth_scale, emo_scale,
                 fps=0.0) -> io.NodeOutput:
         from .wan_patch import load_managed, managed_module
@@ -106,6 +102,10 @@ class FantasyPortraitEncode(io.ComfyNode):
                 boxes = np.concatenate([boxes, np.repeat(boxes[-1:], embeds.num_frames - len(boxes), 0)])
         return io.NodeOutput(PortraitConditioning(embeds, fps=rate, driver_boxes=boxes), embeds.num_frames,
                              float(rate or DEFAULT_FPS))
+
+    @classmethod
+    def validate_inputs(cls, num_frames=0):
+        return check_length_widget(num_frames, "num_frames", NUM_FRAMES_MAX)
 
 
 class FantasyPortraitMultiCombine(io.ComfyNode):
