@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.latest import InputImpl, io
 
 from ..fantasyportrait_core.errors import FantasyPortraitError, require_finite
 from ..fantasyportrait_core.faces.tracking import keep_persons, track_faces
@@ -17,9 +17,20 @@ LENGTH_MAX = 100_001  # frames of a driving window (4k+1): over an hour at 25 fp
 
 
 def _video_source(video):
-    """Core VIDEO -> what PyAV can open (a path or a BytesIO), without decoding its frames."""
-    get = getattr(video, "get_stream_source", None)
-    return get() if callable(get) else None
+    """A VIDEO read from a file (Load Video) -> what PyAV can open (a path or a BytesIO), without decoding
+    its frames; None for a VIDEO made from frames (e.g. Create Video), whose frames are used as they are
+    (its ``get_stream_source`` would encode the whole clip first)."""
+    return video.get_stream_source() if isinstance(video, InputImpl.VideoFromFile) else None
+
+
+def _audio_window(audio, start_seconds: float, seconds: float | None):
+    """The part of an AUDIO from ``start_seconds`` on (``seconds`` long, or to the end)."""
+    if audio is None:
+        return None
+    rate = audio["sample_rate"]
+    first = int(round(start_seconds * rate))
+    last = None if seconds is None else first + int(round(seconds * rate))
+    return {**audio, "waveform": audio["waveform"][..., first:last]}
 
 
 class FantasyPortraitFaceTracker(io.ComfyNode):
@@ -68,12 +79,13 @@ class FantasyPortraitFaceTracker(io.ComfyNode):
 
         require_finite(fps=fps)
         check_clip_length(length, "length")
-        audio, rate = None, DEFAULT_FPS
+        audio, rate, source = None, DEFAULT_FPS, None
         if video is not None:
             source = _video_source(video)
-            if source is None:  # a VIDEO without a stream source: its frames are all we can get
+            if source is None:  # a VIDEO made from frames: they are all in memory already
                 components = video.get_components()
-                images, rate, audio = components.images, float(components.frame_rate), components.audio
+                images, rate = components.images, float(components.frame_rate)
+                audio = _audio_window(components.audio, start_frame / rate, length / rate if length else None)
             else:
                 frames = DrivingFrames(source, start_frame, length, fps or None, name="the driving video")
                 rate = frames.fps
@@ -82,8 +94,9 @@ class FantasyPortraitFaceTracker(io.ComfyNode):
             raise FantasyPortraitError("Connect the driving clip to the Face Tracker: video (from Load Video) or "
                                        "images.")
         if images is not None:
-            if fps and video is None:
-                log.warning("FantasyPortrait: fps only retimes the video input; the images are used as they are")
+            if fps and source is None:
+                log.warning("FantasyPortrait: fps only retimes a video read from a file; these frames are used as "
+                            "they are")
             if start_frame >= len(images):
                 raise FantasyPortraitError(f"start_frame {start_frame} is past the end of the driving images "
                                            f"({len(images)} frames): lower start_frame.")

@@ -189,6 +189,19 @@ if os.path.isfile(os.path.join(MODELS, "face_det.onnx")) and os.path.isfile(CLIP
     # the same frames given as IMAGE (decoded whole, retimed to 12 fps, frames 4..12) give the same tracks
     whole = read_video(CLIP, fps=12.0).frames
     as_images = tracker(faces, 96, 0, images=torch.from_numpy(whole).float() / 255, start_frame=4, length=9)
+    # a VIDEO made from frames (Create Video's kind): its frames are used as they are, the audio is cut too
+    from fractions import Fraction  # noqa: E402
+
+    from comfy_api.input_impl import VideoFromComponents  # noqa: E402
+    from comfy_api.util import VideoComponents  # noqa: E402
+
+    ramp = {"waveform": torch.arange(5000.0).reshape(1, 1, -1), "sample_rate": 1000}
+    made = VideoFromComponents(VideoComponents(images=torch.from_numpy(whole).float() / 255, frame_rate=Fraction(12),
+                                               audio=ramp))
+    from_frames = tracker(faces, 96, 0, video=made, start_frame=4, length=9)
+    result["tracker_components"] = [bool(np.array_equal(from_frames[0].tracks.landmarks, as_images[0].tracks.landmarks)),
+                                    from_frames[3], list(from_frames[4]["waveform"][0, 0, [0, -1]].tolist()),
+                                    from_frames[4]["waveform"].shape[-1]]
     import av  # noqa: E402
 
     with av.open(CLIP) as c:

@@ -65,7 +65,7 @@ def write_jobs(path, rows, fmt="csv"):
     return str(path)
 
 
-def batch(jobs, fakes, capsys=None, **kw):
+def batch(jobs, fakes, **kw):
     said = []
     code = run_batch(jobs, [(f.url, kw.pop("headers", {})) for f in fakes], say=said.append, **kw)
     return code, "\n".join(said)
@@ -237,6 +237,12 @@ def test_ctrl_c_takes_the_batch_off_every_queue(media, servers, cancel_running):
                    for pid, _ in f.executed)
 
 
+def test_the_manifest_may_live_in_a_folder_of_its_own(media, servers):
+    code, said = batch(write_jobs(media / "jobs.csv", SIX[:1]), servers(1), manifest=str(media / "runs" / "m.jsonl"))
+    assert code == 0, said
+    assert [r["status"] for r in manifest(media / "runs" / "m.jsonl")] == ["done"]
+
+
 def test_headers_reach_the_server_and_are_never_recorded(media, servers, monkeypatch, tmp_path, capsys):
     fakes = servers(2)
     monkeypatch.setenv("FP_TOKEN", "s3cret-token")
@@ -253,8 +259,12 @@ def test_headers_reach_the_server_and_are_never_recorded(media, servers, monkeyp
     assert all(h.get("Authorization") == "Bearer s3cret-token" for h in fakes[1].headers_seen)
     text = out.out + out.err + (media / "outputs" / "manifest.jsonl").read_text()
     assert "s3cret" not in text and "4/4 done" in out.err
-    with pytest.raises(Exception, match="Header 'Bad' must be written 'Name: value'"):
-        parse_servers([], None, ["Bad"])
+    with pytest.raises(Exception, match="A header starting 'Bad' is not written 'Name: value'") as bad:
+        parse_servers([], None, ["Bad s3cret-token"])
+    assert "s3cret" not in str(bad.value)  # a malformed header is named by its first word only
+    monkeypatch.delenv("FP_TOKEN")
+    with pytest.raises(Exception, match="reads \\$\\{FP_TOKEN\\}, but the environment variable FP_TOKEN is not set"):
+        parse_servers([], str(listing), [])
 
 
 def test_jobs_file_formats_and_defaults(media):

@@ -97,6 +97,9 @@ def test_tracker_reads_only_the_used_frames_of_a_core_video(host_result):
     assert (got["frames"], got["fps"], got["images_fps"]) == (9, 12.0, 25.0)
     assert got["preview"] == [9, 512, 512, 3] and got["crops"] == [9, 224, 224, 3]
     assert got["same_as_images"]
+    # Create Video's kind of VIDEO (frames in memory, 12 fps, a 1 kHz ramp as audio): the same tracks, its rate,
+    # and the audio of frames 4-12 only (samples 333..1082)
+    assert host_result["tracker_components"] == [True, 12.0, [333.0, 1082.0], 750]
     assert got["audio_seconds"] == pytest.approx(9 / 12, abs=1e-3) and got["audio_rate"] == got["source_audio_rate"]
     assert got["extractor_fps"] == 0.0  # 0: the fps comes with the tracks
     assert "length must be 0 (the whole clip) or 4k+1 frames, as Wan makes them; got 10: use 9 or 13" in \

@@ -210,3 +210,18 @@ def test_private_server_needs_a_comfyui(tmp_path, capsys):
     assert main(["run", "--workflow", str(wf), "--out", str(tmp_path / "o.mp4"), "--comfyui", str(fake_comfy)]) == 1
     err = capsys.readouterr().err
     assert "ComfyUI exited while starting (status 3)" in err and "boom: no such module" in err
+
+
+def test_a_private_server_runs_on_comfyuis_own_python(tmp_path):
+    """Without --comfyui-python the private ComfyUI starts with the Python ComfyUI was installed with (its
+    venv here), not the one running the command; --comfyui-python still wins."""
+    import sys
+
+    from fantasyportrait_core.tools.runner import PrivateServer
+
+    venv_python = tmp_path / "ComfyUI" / "venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.write_text("")
+    assert PrivateServer(str(tmp_path / "ComfyUI")).python == str(venv_python)
+    assert PrivateServer(str(tmp_path / "ComfyUI"), "/opt/py").python == "/opt/py"
+    assert PrivateServer(str(tmp_path)).python == sys.executable

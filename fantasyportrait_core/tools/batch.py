@@ -319,6 +319,13 @@ def resume(jobs: list[Job], manifest: dict, out_dir: str) -> int:
 # servers
 
 
+def _environment(variable: str, header: str) -> str:
+    if variable not in os.environ:
+        raise FantasyPortraitError(f"Header {header!r} reads ${{{variable}}}, but the environment variable {variable} is "
+                                   "not set: export it before running the batch.")
+    return os.environ[variable]
+
+
 def parse_servers(urls: list[str], servers_file: str | None, headers: list[str]) -> list[tuple[str, dict]]:
     """(url, headers) per server: ``--server`` URLs with the ``--header`` lines, and the lines of a servers
     file (``URL`` then optional ``| Name: value`` parts; ``${VAR}`` reads an environment variable)."""
@@ -326,9 +333,10 @@ def parse_servers(urls: list[str], servers_file: str | None, headers: list[str])
         out = {}
         for part in parts:
             name, colon, value = part.partition(":")
-            if not colon or not name.strip():
-                raise FantasyPortraitError(f"Header {name.strip() or part!r} must be written 'Name: value'.")
-            out[name.strip()] = re.sub(r"\$\{(\w+)\}", lambda m: os.environ.get(m[1], ""), value.strip())
+            if not colon or not name.strip():  # name only the first word: the rest may be a secret
+                first = (part.split() or ["(empty)"])[0]
+                raise FantasyPortraitError(f"A header starting {first!r} is not written 'Name: value'.")
+            out[name.strip()] = re.sub(r"\$\{(\w+)\}", lambda m: _environment(m[1], name.strip()), value.strip())
         return out
 
     common = header_dict(headers)
@@ -410,7 +418,7 @@ class Batch:
         return job
 
     def run(self) -> bool:
-        os.makedirs(self.out_dir, exist_ok=True)
+        os.makedirs(os.path.dirname(self.manifest), exist_ok=True)  # --manifest may name a folder of its own
         write_manifest(self.manifest, self.jobs)
         try:
             while any(j.status in ("queued", "running") for j in self.jobs):

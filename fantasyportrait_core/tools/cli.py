@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "ComfyUI is started for this run on a free loopback port and stopped afterwards")
     _private_server_options(run)
     run.add_argument("--workflow", required=True, metavar="W_api.json",
-                     help="API-format workflow, e.g. workflows/fantasyportrait_single_api.json")
+                     help="API-format workflow, e.g. workflows/api/fantasyportrait_single_api.json")
     run.add_argument("--image", metavar="IMG", help="portrait image for the workflow's LoadImage node")
     run.add_argument("--video", action="append", default=[], metavar="VID",
                      help="driving video; repeat for workflows with several LoadVideo nodes")
@@ -209,7 +209,8 @@ def _private_server_options(cmd) -> None:
                      help="the ComfyUI to start when there is no --server (default: the one whose custom_nodes/ "
                           "holds this pack)")
     cmd.add_argument("--comfyui-python", metavar="PY",
-                     help="Python of that ComfyUI (default: the Python running this command)")
+                     help="Python of that ComfyUI (default: its venv/.venv or portable Python, else the one running "
+                          "this command)")
     cmd.add_argument("--comfyui-arg", action="append", default=[], metavar="ARG",
                      help="extra argument for that ComfyUI's main.py, repeatable (e.g. --comfyui-arg=--lowvram)")
 

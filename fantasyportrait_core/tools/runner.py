@@ -453,13 +453,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def comfyui_python(comfy_dir: str, explicit: str | None = None) -> str:
+    """ComfyUI's Python: ``explicit``, a venv inside ComfyUI, the portable build's, or this one."""
+    if explicit:
+        return explicit
+    for candidate in ("venv/bin/python", ".venv/bin/python", "venv/Scripts/python.exe", ".venv/Scripts/python.exe",
+                      "../python_embeded/python.exe"):
+        path = os.path.normpath(os.path.join(comfy_dir, candidate))
+        if os.path.isfile(path):
+            return path
+    return sys.executable
+
+
 class PrivateServer:
     """A headless ComfyUI on a free loopback port, started for one run and always stopped after it
-    (also on errors and Ctrl-C). ``python``: the interpreter of that ComfyUI (default: this one)."""
+    (also on errors and Ctrl-C). ``python``: the interpreter of that ComfyUI (default: :func:`comfyui_python`,
+    the one ComfyUI was installed with)."""
 
     def __init__(self, comfyui_dir: str, python: str | None = None, extra_args=(), ready_timeout: float = 300.0,
                  progress: Callable[[str], None] = lambda s: None):
-        self.dir, self.python = comfyui_dir, python or sys.executable
+        self.dir, self.python = comfyui_dir, comfyui_python(comfyui_dir, python)
         self.extra_args, self.ready_timeout, self.progress = list(extra_args), ready_timeout, progress
         self.proc = None
         self.url = None

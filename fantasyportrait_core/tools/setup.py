@@ -16,12 +16,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import FantasyPortraitError, require
 from . import PACK_DIR, file_sha256
+from .runner import comfyui_python
 
 PACK_NAME = "ComfyUI-FantasyPortrait"
 WAN = "Comfy-Org/Wan_2.1_ComfyUI_repackaged"
@@ -81,18 +81,6 @@ def find_comfyui(explicit: str | None) -> str:
         return find(explicit)
     except FantasyPortraitError as exc:
         raise FantasyPortraitError(f"{exc}\n{NO_COMFYUI}") from None
-
-
-def comfyui_python(comfy_dir: str, explicit: str | None = None) -> str:
-    """ComfyUI's Python: ``explicit``, a venv inside ComfyUI, the portable build's, or this one."""
-    if explicit:
-        return explicit
-    for candidate in ("venv/bin/python", ".venv/bin/python", "venv/Scripts/python.exe", ".venv/Scripts/python.exe",
-                      "../python_embeded/python.exe"):
-        path = os.path.normpath(os.path.join(comfy_dir, candidate))
-        if os.path.isfile(path):
-            return path
-    return sys.executable
 
 
 def model_dirs(comfy_dir: str) -> dict[str, list[str]]:
