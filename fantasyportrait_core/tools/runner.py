@@ -329,6 +329,7 @@ def follow(client: ComfyClient, prompt_id: str, progress: Callable[[str], None] 
     the history is looked for in the queue; when it is in neither (the server restarted),
     :class:`PromptVanished` is raised. ``stop()`` returning True ends the wait with a RunError."""
     start = last_check = time.monotonic()
+    last_history = float("-inf")
     while True:
         if stop():
             raise RunError("Stopped before the run finished.")
@@ -353,8 +354,13 @@ def follow(client: ComfyClient, prompt_id: str, progress: Callable[[str], None] 
                     raise _execution_error(data)
                 elif kind == "execution_interrupted":
                     raise RunError("The run was cancelled on the server.")
+            finished = msg is not None and (msg.get("type") == "execution_success" or (
+                msg.get("type") == "executing" and msg.get("data", {}).get("node") is None))
+            if msg is not None and not finished and time.monotonic() - last_history < poll:
+                continue  # a busy websocket (progress, previews) is not a reason to ask for the history
         else:
             time.sleep(poll)
+        last_history = time.monotonic()
         history = client.get_json(f"/history/{prompt_id}")
         if prompt_id in history:
             entry = history[prompt_id]
