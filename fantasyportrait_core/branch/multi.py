@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from ..errors import FantasyPortraitError
+from ..sizing import MULTIPLE as TOKEN_STRIDE  # pixels per Wan token side: VAE 8 x patch 2
 from ..tokens.windows import frame_count_of_latent
 
 MOTION_CAP = 0.25
-TOKEN_STRIDE = 16  # pixels per Wan token side: VAE 8 x patch 2
 
 
 def motion_margins(boxes: np.ndarray) -> tuple[float, float, float, float]:

@@ -25,9 +25,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from ..errors import FantasyPortraitError
+from ..sizing import MULTIPLE, RESOLUTIONS
 from . import PACK_DIR, file_sha256
-from .runner import (ComfyClient, RunError, ServerUnreachable, apply_overrides, check_workflow,
-                     fill_inputs, follow, load_workflow, open_progress, saved_files)
+from .runner import (ComfyClient, RunError, ServerUnreachable, apply_overrides, check_workflow, fill_inputs, follow,
+                     load_workflow, nodes_of_class, open_progress, saved_files)
 
 SHIPPED = {"single": "fantasyportrait_single", "two_from_one_video": "fantasyportrait_two_from_one_video",
            "people_from_videos": "fantasyportrait_people_from_videos"}
@@ -126,17 +127,13 @@ def _workflow_path(value: str | None, videos: int, base: str) -> str:
     return os.path.abspath(_resolve(base, value))
 
 
-def _of_class(wf: dict, *classes) -> list[str]:
-    return sorted((k for k, n in wf.items() if n.get("class_type") in classes), key=lambda k: (len(k), k))
-
-
 def _positive_prompt(wf: dict) -> str | None:
     """The CLIPTextEncode whose conditioning reaches the positive input of a Wan/sampler node."""
     for node in wf.values():
         link = node.get("inputs", {}).get("positive")
         if isinstance(link, list) and wf.get(link[0], {}).get("class_type") == "CLIPTextEncode":
             return link[0]
-    texts = _of_class(wf, "CLIPTextEncode")
+    texts = nodes_of_class(wf, "CLIPTextEncode")
     return texts[0] if texts else None
 
 
@@ -170,7 +167,7 @@ def _row_job(line: int, row: dict, base: str, workflows: dict) -> tuple[Job | No
     wf = workflows[workflow]
     if isinstance(wf, Exception):
         return None, errors + [str(wf)]
-    loaders = _of_class(wf, "LoadVideo")
+    loaders = nodes_of_class(wf, "LoadVideo")
     if videos and len(videos) != len(loaders):
         errors.append(f"{len(videos)} driving video(s) given but {os.path.basename(workflow)} takes {len(loaders)}")
     changes, seed = [], None
@@ -188,7 +185,7 @@ def _row_job(line: int, row: dict, base: str, workflows: dict) -> tuple[Job | No
         if name in ("seed",) and value < 0 or name == "steps" and value < 1:
             errors.append(f"{name} {raw!r} is out of range")
             continue
-        target = next(((nid, inp) for cls, inp in targets for nid in _of_class(wf, cls)[:1]), None)
+        target = next(((nid, inp) for cls, inp in targets for nid in nodes_of_class(wf, cls)[:1]), None)
         if target is None:
             errors.append(f"{name}: {os.path.basename(workflow)} has no {' or '.join(c for c, _ in targets)} node")
             continue
@@ -203,10 +200,11 @@ def _row_job(line: int, row: dict, base: str, workflows: dict) -> tuple[Job | No
     size = str(row.get("size") or "").strip().lower()
     if size:
         match = re.fullmatch(r"(\d+)x(\d+)", size)
-        if size in ("480p", "720p") and _of_class(wf, "FantasyPortraitOutputSize"):
-            changes.append([_of_class(wf, "FantasyPortraitOutputSize")[0], "resolution", size])
-        elif match and int(match[1]) % 16 == 0 and int(match[2]) % 16 == 0 and int(match[1]) and int(match[2]):
-            for nid in _of_class(wf, "WanImageToVideo", "FantasyPortraitMultiCombine"):
+        sizers = nodes_of_class(wf, "FantasyPortraitOutputSize")
+        if size in RESOLUTIONS and sizers:
+            changes.append([sizers[0], "resolution", size])
+        elif match and all(int(side) and int(side) % MULTIPLE == 0 for side in match.groups()):
+            for nid in nodes_of_class(wf, "WanImageToVideo", "FantasyPortraitMultiCombine"):
                 changes += [[nid, "width", int(match[1])], [nid, "height", int(match[2])]]
         else:
             errors.append(f"size {row['size']!r} must be 480p, 720p or WIDTHxHEIGHT in multiples of 16")
@@ -226,7 +224,7 @@ def _row_job(line: int, row: dict, base: str, workflows: dict) -> tuple[Job | No
         if inp not in wf[nid]["inputs"]:
             errors.append(f"{os.path.basename(workflow)} node {nid} ({wf[nid]['class_type']}) has no input {inp!r}")
     if seed is None:
-        node = next((wf[n] for cls, inp in NAMED["seed"][1] for n in _of_class(wf, cls)[:1]), None)
+        node = next((wf[n] for cls, inp in NAMED["seed"][1] for n in nodes_of_class(wf, cls)[:1]), None)
         seed = next((v for k, v in (node or {}).get("inputs", {}).items() if k in ("seed", "noise_seed")), None)
     output = str(row.get("output") or "")
     if not output:

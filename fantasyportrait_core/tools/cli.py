@@ -17,6 +17,7 @@ import sys
 import time
 
 from ..errors import FantasyPortraitError
+from ..sizing import RESOLUTIONS
 
 
 def _positive_float(text: str) -> float:
@@ -190,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ComfyUI's Python (default: its venv/.venv or portable Python, else this one)")
     setup.add_argument("--variant", choices=["fp8", "bf16"], default="fp8",
                        help="Wan 2.1 I2V 14B weights: fp8_e4m3fn (about 17 GB, default) or bf16 (about 33 GB)")
-    setup.add_argument("--resolution", choices=["480p", "720p"], default="480p", help="Wan 2.1 I2V model (default 480p)")
+    setup.add_argument("--resolution", choices=sorted(RESOLUTIONS), default="480p", help="Wan 2.1 I2V model (default 480p)")
     setup.add_argument("--dry-run", action="store_true",
                        help="list what would be installed and downloaded, where and how large; change nothing "
                             "(works offline, marking sizes it could not look up)")

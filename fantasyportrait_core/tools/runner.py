@@ -183,20 +183,26 @@ class _WebSocket:
 # --------------------------------------------------------------------------------------------
 
 
+def node_order(node_id: str) -> tuple:
+    """Sort key of API-format node ids: numerically ("2" before "10")."""
+    return len(node_id), node_id
+
+
+def nodes_of_class(workflow: dict, *classes: str) -> list[str]:
+    """Ids of the workflow's nodes of these class types, in node-id order."""
+    return sorted((k for k, n in workflow.items() if n.get("class_type") in classes), key=node_order)
+
+
 def fill_inputs(workflow: dict, image: str | None, videos: list[str]) -> dict:
     """Put uploaded file names into the workflow's LoadImage and LoadVideo nodes (in node-id order)."""
     wf = json.loads(json.dumps(workflow))
 
-    def nodes_of(class_type):
-        return sorted((k for k, n in wf.items() if n.get("class_type") == class_type),
-                      key=lambda k: (len(k), k))
-
     if image is not None:
-        loaders = nodes_of("LoadImage")
+        loaders = nodes_of_class(wf, "LoadImage")
         if not loaders:
             raise FantasyPortraitError("The workflow has no LoadImage node for the portrait image.")
         wf[loaders[0]]["inputs"]["image"] = image
-    loaders = nodes_of("LoadVideo")
+    loaders = nodes_of_class(wf, "LoadVideo")
     if len(videos) > len(loaders):
         raise FantasyPortraitError(
             f"{len(videos)} driving videos were given but the workflow has {len(loaders)} LoadVideo node(s).")
@@ -222,7 +228,7 @@ def apply_overrides(workflow: dict, sets: list[str], notes: list[str] | None = N
                or [k for k, n in wf.items() if n.get("class_type") == node_ref])
         if not ids:
             known = ", ".join(f"{k} ({n.get('_meta', {}).get('title') or n['class_type']})"
-                              for k, n in sorted(wf.items(), key=lambda kv: (len(kv[0]), kv[0])))
+                              for k, n in sorted(wf.items(), key=lambda kv: node_order(kv[0])))
             raise FantasyPortraitError(f"--set {item!r}: the workflow has no node {node_ref!r}. Its nodes: {known}.")
         if len(ids) > 1:
             raise FantasyPortraitError(f"--set {item!r}: {len(ids)} nodes are called {node_ref!r} "
@@ -269,7 +275,7 @@ def check_workflow(workflow: dict, object_info: dict) -> None:
                        "provide them into ComfyUI/custom_nodes/ (the FantasyPortrait nodes come from this pack) and "
                        "restart ComfyUI.")
     missing = []
-    for node_id, node in sorted(workflow.items(), key=lambda kv: (len(kv[0]), kv[0])):
+    for node_id, node in sorted(workflow.items(), key=lambda kv: node_order(kv[0])):
         ctype = node["class_type"]
         spec = object_info[ctype].get("input", {})
         specs = {**spec.get("required", {}), **spec.get("optional", {})}

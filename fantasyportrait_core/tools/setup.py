@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import FantasyPortraitError, require
+from ..sizing import RESOLUTIONS
 from . import PACK_DIR, file_sha256
 from .runner import comfyui_python
 
@@ -47,7 +48,7 @@ class ModelFile:
 
 def model_files(variant: str = "fp8", resolution: str = "480p") -> list[ModelFile]:
     """The files the shipped workflows need (the pack's own list: repository, path, target folder)."""
-    if variant not in ("fp8", "bf16") or resolution not in ("480p", "720p"):
+    if variant not in ("fp8", "bf16") or resolution not in RESOLUTIONS:
         raise FantasyPortraitError(f"--variant must be fp8 or bf16 and --resolution 480p or 720p; got {variant} and "
                                    f"{resolution}.")
     unet = f"wan2.1_i2v_{resolution}_14B_{'fp8_e4m3fn' if variant == 'fp8' else 'bf16'}.safetensors"
