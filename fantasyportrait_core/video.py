@@ -1,8 +1,9 @@
 """Reading driving clips (PyAV) and writing preview videos.
 
-A driving clip is read through :class:`DrivingFrames`: only the frames that are used (a start offset
-and a length, after retiming to a target fps) are decoded, one at a time, each time the frames are
-iterated. Nothing holds the whole clip, so memory does not grow with the clip's length; the frames
+A driving clip is read through :class:`DrivingFrames`: the frames that are used (a start offset and a
+length, after retiming to a target fps) are given one at a time, each time the frames are iterated;
+decoding stops after the last used frame, and only the used frames are converted. Nothing holds the
+whole clip, so memory does not grow with the clip's length; the frames
 stay at the source resolution because the released face models work on the full frame.
 """
 
@@ -103,7 +104,6 @@ class DrivingFrames(Sequence):
             stream = _video_stream(container, self.name)
             self.source_fps = float(stream.average_rate or stream.guessed_rate or 25.0)
             self.source_frames = self._count(container, stream)
-            self.height, self.width = int(stream.codec_context.height), int(stream.codec_context.width)
         if self.source_frames == 0:
             raise FantasyPortraitError(f"{self.name} contains no video frames: it is empty or incomplete.")
         retime = fps is not None and abs(fps - self.source_fps) > 1e-3
@@ -114,7 +114,6 @@ class DrivingFrames(Sequence):
             raise FantasyPortraitError(
                 f"start_frame {start} is past the end of {self.name}, which has {len(idx)} frames at {self.fps:g} "
                 "fps: lower start_frame.")
-        self.start = start
         self.indices = idx[start:start + length] if length else idx[start:]
 
     @staticmethod

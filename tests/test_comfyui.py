@@ -72,7 +72,8 @@ def test_encode_node_fits_lengths_and_rates(host_result):
     assert host_result["encode_padded_frames"] == 21
     assert "has 17 frames but 21 were asked for; set frame_fit to pad" in host_result["encode_short_error"]
     assert "Person 3 was asked for but the driving clip has 1 person(s)" in host_result["encode_person_error"]
-    assert "num_frames must be 4k+1; use 17 or 21" in host_result["encode_count_error"]
+    assert "num_frames must be 0 (the whole clip) or 4k+1 frames, as Wan makes them; got 20: use 17 or 21" in \
+        host_result["encode_count_error"]
     assert host_result["encode_largest_is_person_1"]  # person -1: the largest face (released rule)
 
 

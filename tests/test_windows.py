@@ -87,5 +87,6 @@ def test_fit_to_an_asked_length():
     assert fit_frame_count(feats, "trim", target=17) == (feats, None)
     with pytest.raises(FantasyPortraitError, match="has 17 frames but 21 were asked for; set frame_fit to pad"):
         fit_frame_count(feats, "trim", target=21)
-    with pytest.raises(FantasyPortraitError, match=r"num_frames must be 4k\+1; use 17 or 21"):
+    with pytest.raises(FantasyPortraitError, match=r"num_frames must be 0 \(the whole clip\) or 4k\+1 frames, as Wan "
+                                                   r"makes them; got 19: use 17 or 21"):
         fit_frame_count(feats, "pad", target=19)

@@ -27,7 +27,3 @@ class PortraitConditioning:
     mask: torch.Tensor | None = None
     query_scale: torch.Tensor | None = None
     size: tuple[int, int] | None = None
-
-    @property
-    def num_frames(self) -> int:
-        return self.embeds.num_frames

@@ -111,15 +111,6 @@ class FaceDetector:
         return out.astype(np.float32).astype(np.int32).astype(np.float64), scores.astype(np.float64)
 
 
-# ----------------------------------------------------------------------------------------------
-# landmarks
-
-
-# The landmark path mirrors the released numerics (float32 points, OpenCV's transforms): the
-# 3-pass refinement re-samples the frame each pass, so a 1e-7 difference in a crop transform can
-# move the final landmarks by a tenth of a pixel.
-
-
 def portrait_faces(image: np.ndarray, detector) -> np.ndarray:
     """Face boxes ``[N, 4]`` of a portrait (RGB uint8), left to right; a clear error when there is
     none, since the video would then animate nothing (no face follows the driver)."""

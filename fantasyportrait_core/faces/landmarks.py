@@ -2,6 +2,9 @@
 
 The crop is placed by a box (expanded by 0.15) or by the previous landmarks, then refined 3 times,
 each pass re-warping by the previous landmarks and the roll angle measured from eye corners 74/96.
+This path mirrors the released numerics (float32 points, OpenCV's transforms): the refinement
+re-samples the frame each pass, so a 1e-7 difference in a crop transform can move the final landmarks
+by a tenth of a pixel.
 """
 
 from __future__ import annotations

@@ -122,7 +122,7 @@ def track_faces(frames, detector: FaceDetector, landmarker: LandmarkModel, min_f
                 max_gap: int = 30, progress: Callable[[int, int], None] | None = None,
                 source: str = "the driving clip", two_pass: bool = True) -> FaceTracks:
     """Track every face through ``frames``: RGB uint8 ``[F, H, W, 3]``, or any sequence of frames
-    (e.g. a lazily decoded :class:`~.video.DrivingFrames`, iterated once per pass).
+    (e.g. a lazily decoded :class:`~..video.DrivingFrames`, iterated once per pass).
 
     ``two_pass`` (default, released): a first pass finds the faces; the second, whose landmarks are
     returned, starts frame 0 from the first pass's landmark boxes instead of fresh detections

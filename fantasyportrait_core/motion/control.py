@@ -11,7 +11,7 @@ head pose (6), eyes (6), emotion (30) and mouth (512). Each component, per perso
 and, independently, smoothed over time (``smooth``: the sigma of a centred Gaussian, in frames; 0 =
 off). The Gaussian is symmetric, so smoothing does not shift the timing of the motion. Smoothing is
 applied first, then the mode. Because the edits act on features the tokens stay in the distribution
-the adapter was trained on, unlike scaling the tokens (:class:`~.adapter.GroupScales`, the low-level
+the adapter was trained on, unlike scaling the tokens (:class:`~..tokens.adapter.GroupScales`, the low-level
 control).
 """
 

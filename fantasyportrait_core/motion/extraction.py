@@ -59,7 +59,7 @@ def load_face_models(models_dir: str | None = None, detector: str | None = None,
 
 def frames_to_uint8(frames):
     """ComfyUI IMAGE tensor / float array / uint8 array -> uint8 RGB ``[F, H, W, 3]``; a lazily
-    decoded clip (:class:`~.video.DrivingFrames`, already uint8 RGB) passes through undecoded."""
+    decoded clip (:class:`~..video.DrivingFrames`, already uint8 RGB) passes through undecoded."""
     if isinstance(frames, DrivingFrames):
         return frames
     if isinstance(frames, torch.Tensor):
@@ -72,13 +72,18 @@ def frames_to_uint8(frames):
     return to_uint8(frames[..., :3])
 
 
-def aligned_crops(frames, tracks: FaceTracks, size: int = CROP_SIZE) -> np.ndarray:
-    """``[P, F, size, size, 3]`` uint8 aligned faces (released template, bicubic); ``frames`` is
+def _align_into(faces: np.ndarray, f: int, frame: np.ndarray, tracks: FaceTracks) -> None:
+    """Every person's aligned face of frame ``f`` into ``faces[:, f]``."""
+    for p in range(tracks.num_persons):
+        faces[p, f] = align_face(frame, tracks.landmarks[p, f], CROP_SIZE)
+
+
+def aligned_crops(frames, tracks: FaceTracks) -> np.ndarray:
+    """``[P, F, 224, 224, 3]`` uint8 aligned faces (released template, bicubic); ``frames`` is
     iterated once."""
-    out = np.zeros((tracks.num_persons, tracks.num_frames, size, size, 3), np.uint8)
+    out = np.zeros((tracks.num_persons, tracks.num_frames, CROP_SIZE, CROP_SIZE, 3), np.uint8)
     for f, frame in enumerate(frames):
-        for p in range(tracks.num_persons):
-            out[p, f] = align_face(np.asarray(frame), tracks.landmarks[p, f], size)
+        _align_into(out, f, np.asarray(frame), tracks)
     return out
 
 
@@ -195,8 +200,8 @@ def iter_preview(frames, tracks: FaceTracks, landmarks: bool = True, max_side: i
 
 
 def draw_preview(frames, tracks: FaceTracks, landmarks: bool = True, max_side: int | None = None) -> np.ndarray:
-    """All preview frames (see :func:`iter_preview`) as one ``[F, h, w, 3]`` uint8 array; only the
-    (shrunk) previews are held, never a full-size copy of the clip."""
+    """All preview frames (see :func:`iter_preview`) as one ``[F, h, w, 3]`` uint8 array; with
+    ``max_side`` only the shrunk previews are held, never a full-size copy of the clip."""
     return crops_and_preview(frames, tracks, max_side, crops=False, landmarks=landmarks)[1]
 
 
@@ -210,8 +215,7 @@ def crops_and_preview(frames, tracks: FaceTracks, max_side: int | None = None, c
     for f, frame in enumerate(frames_to_uint8(frames)):
         frame = np.asarray(frame)
         if crops:
-            for p in range(tracks.num_persons):
-                faces[p, f] = align_face(frame, tracks.landmarks[p, f], CROP_SIZE)
+            _align_into(faces, f, frame, tracks)
         img = _draw(frame, f, tracks, landmarks, max_side)
         if preview is None:
             preview = np.empty((len(frames),) + img.shape, np.uint8)

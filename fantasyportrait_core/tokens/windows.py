@@ -121,15 +121,13 @@ def fit_frame_count(features: torch.Tensor, mode: str = "error", target: int | N
     if frames < 1:
         check_frame_count(frames)
     if target:
-        if not is_valid_frame_count(target):
-            lower, upper = nearest_valid_frame_counts(target)
-            raise FantasyPortraitError(f"num_frames must be 4k+1; use {lower} or {upper}.")
+        check_clip_length(target, "num_frames")
         if frames > target:
             return features[..., :target, :], f"trimmed the driving features from {frames} to {target} frames"
         if frames < target and mode != "pad":
             raise FantasyPortraitError(f"The driving clip has {frames} frames but {target} were asked for; set "
                                        "frame_fit to pad or lower num_frames.")
-        lower, upper = frames, target
+        upper = target
     else:
         if is_valid_frame_count(frames):
             return features, None
