@@ -153,11 +153,7 @@ class FantasyPortraitMultiCombine(io.ComfyNode):
             raise FantasyPortraitError("Every input must come from FantasyPortrait Encode (it carries the driver's "
                                        "face boxes).")
         portrait = frames_to_uint8(image[:1])[0]
-        boxes = portrait_faces(portrait, face_models.detector)
-        if len(boxes) != len(drivers):
-            raise FantasyPortraitError(
-                f"The portrait has {len(boxes)} faces but {len(drivers)} drivers are connected: connect one "
-                "FantasyPortrait Encode per face.")
+        boxes = portrait_faces(portrait, face_models.detector)  # combine() refuses a count that differs
         faces = map_boxes_to_output(boxes, (portrait.shape[1], portrait.shape[0]), (width, height))
         out = combine([d.embeds.windows for d in drivers], [d.driver_boxes for d in drivers], faces, width,
                       height, parse_mapping(mapping, len(drivers)), background,

@@ -125,10 +125,11 @@ class FantasyPortraitExpressionExtractor(io.ComfyNode):
         return node_schema(cls, "Expression Extractor", "faces", inputs=[
             FaceModelsIO.Input("face_models", tooltip="From FantasyPortrait Face Model Loader."),
             TracksIO.Input("tracks", tooltip="From FantasyPortrait Face Tracker."),
-            io.Float.Input("fps", default=0.0, min=0.0, max=120.0, optional=True, tooltip="Frame rate of the "
-                           "driving frames, kept with the features so the output video can use it. 0 = the "
+            io.Float.Input("fps", default=0.0, min=0.0, max=120.0, step=0.01, optional=True, tooltip="Frame rate "
+                           "of the driving frames, kept with the features so the output video can use it. 0 = the "
                            "tracker's (the video's rate; 25 for images)."),
-        ], outputs=[output(FeaturesIO, "features")])
+        ], outputs=[output(FeaturesIO, "features", "554 numbers per person and frame, with the tracks and fps: for "
+                                                   "Encode, or Motion Control first.")])
 
     @classmethod
     def execute(cls, face_models, tracks, fps=0.0) -> io.NodeOutput:

@@ -29,8 +29,9 @@ class FantasyPortraitModelLoader(io.ComfyNode):
                            "fantasyportrait_model.ckpt or Wan2_1_FantasyPortrait_fp16.safetensors, from "
                            "models/fantasyportrait/ (or models/diffusion_models/)."),
             io.Combo.Input("dtype", options=["bf16", "fp16", "fp32"], default="bf16",
-                           tooltip="Precision of the adapter weights."),
-        ], outputs=[output(AdapterIO, "adapter")])
+                           tooltip="Precision of the per-block K/V projections (the token "
+                           "encoder always runs in fp32, as released)."),
+        ], outputs=[output(AdapterIO, "adapter", "For FantasyPortrait Encode and the Sampler or Apply.")])
 
     @classmethod
     def execute(cls, model_name, dtype) -> io.NodeOutput:
@@ -43,8 +44,9 @@ class FantasyPortraitFaceModelLoader(io.ComfyNode):
 
     @classmethod
     def define_schema(cls):
-        onnx = [f for f in folder_paths.get_filename_list(FOLDER) if f.lower().endswith(".onnx")]
-        motion = [f for f in folder_paths.get_filename_list(FOLDER) if f.lower().endswith((".pth", ".safetensors"))]
+        own = folder_paths.get_filename_list(FOLDER)
+        onnx = [f for f in own if f.lower().endswith(".onnx")]
+        motion = [f for f in own if f.lower().endswith((".pth", ".safetensors"))]
         motion += [f for f in folder_paths.get_filename_list("diffusion_models") if "portrait" in f.lower()]
         return node_schema(cls, "Face Model Loader", "loaders", inputs=[
             io.Combo.Input("detector", options=onnx, default="face_det.onnx", tooltip="Released face detector "
@@ -59,7 +61,8 @@ class FantasyPortraitFaceModelLoader(io.ComfyNode):
             io.String.Input("insightface_dir", default="", optional=True, tooltip="Optional: a local insightface "
                             "model folder (e.g. models/insightface/models/buffalo_l) to detect faces with SCRFD "
                             "instead of the released detector. Needs the insightface package."),
-        ], outputs=[output(FaceModelsIO, "face_models")])
+        ], outputs=[output(FaceModelsIO, "face_models", "For the Face Tracker, the Expression Extractor, Output Size "
+                                                        "and Multi-Portrait Combine.")])
 
     @classmethod
     def execute(cls, detector, landmarks, motion_encoder, device, insightface_dir="") -> io.NodeOutput:

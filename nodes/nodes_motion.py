@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
-
 from comfy_api.latest import io
 
 from ..fantasyportrait_core.errors import FantasyPortraitError
 from ..fantasyportrait_core.motion.control import (COMPONENTS, MODES, ComponentControl, MotionControl,
                                                    apply_motion_control, draw_motion_preview)
-from .common import FeaturesIO, log, node_schema, output
+from .common import FeaturesIO, log, node_schema, output, to_image
 
 MODE_TIP = ("follow: as driven; freeze: hold the reference frame's value; scale: reference + amount x (driven - "
             "reference), below 1 calms, above 1 exaggerates.")
@@ -47,8 +45,9 @@ class FantasyPortraitMotionControl(io.ComfyNode):
             *[i for name, label in COMPONENTS.items() for i in _component_inputs(name, label)],
             io.Int.Input("reference_frame", default=0, min=0, max=100000, tooltip="Frame whose value freeze holds "
                          "and scale measures from (0 = the first frame)."),
-        ], outputs=[output(FeaturesIO, "features"),
-                 output(io.Image, "preview")])
+        ], outputs=[output(FeaturesIO, "features", "The edited features, for FantasyPortrait Encode."),
+                    output(io.Image, "preview", "Each component's motion over time, before (grey) and after "
+                                                "(colour) the edit, for the edited person (person 0 when all).")])
 
     @classmethod
     def execute(cls, features, person, reference_frame, **widgets) -> io.NodeOutput:
@@ -66,7 +65,7 @@ class FantasyPortraitMotionControl(io.ComfyNode):
         shown = max(person, 0)
         preview = draw_motion_preview(feats[shown], edited[shown], reference_frame)
         return io.NodeOutput(dataclasses.replace(features, features=edited),
-                             torch.from_numpy(preview).float()[None] / 255.0)
+                             to_image(preview[None]))
 
 
 NODES = [FantasyPortraitMotionControl]

@@ -63,7 +63,8 @@ class FantasyPortraitApply(io.ComfyNode):
             io.Model.Input("model", tooltip="Native Wan 2.1 I2V 14B model (Load Diffusion Model); LoRAs may be "
                            "applied before or after."),
             *_patch_inputs(),
-        ], outputs=[output(io.Model, "MODEL")])
+        ], outputs=[output(io.Model, "MODEL", "The patched model: for FantasyPortrait Guider + "
+                                             "SamplerCustomAdvanced, or any KSampler (plain CFG).")])
 
     @classmethod
     def execute(cls, model, adapter, portrait_embeds, portrait_strength, start_percent, end_percent) -> io.NodeOutput:
@@ -86,7 +87,7 @@ class FantasyPortraitGuider(io.ComfyNode):
     def define_schema(cls):
         return node_schema(cls, "Guider", "sampling", inputs=[
             io.Model.Input("model", tooltip="A model patched by FantasyPortrait Apply."), *_conds(), *_guide_inputs(),
-        ], outputs=[output(io.Guider, "GUIDER")])
+        ], outputs=[output(io.Guider, "GUIDER", "For SamplerCustomAdvanced.")])
 
     @classmethod
     def execute(cls, model, positive, negative, cfg, portrait_cfg) -> io.NodeOutput:
@@ -103,15 +104,16 @@ class FantasyPortraitSampler(io.ComfyNode):
             *_patch_inputs(), *_conds(),
             io.Latent.Input("latent_image", tooltip="From WanImageToVideo (its length must match the embeds)."),
             io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
-                         tooltip="Noise seed."),
+                         tooltip="The random seed of the starting noise."),
             io.Int.Input("steps", default=30, min=1, max=10000, tooltip="Released: 30."),
             *_guide_inputs(),
             io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler",
-                           tooltip="Sampler."),
+                           tooltip="The sampling algorithm (released: euler)."),
             io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple",
-                           tooltip="Scheduler."),
-            io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="Denoise."),
-        ], outputs=[output(io.Latent, "LATENT")])
+                           tooltip="How the noise levels are spaced over the steps."),
+            io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="How much of the latent is "
+                           "re-noised: 1 for a new video from WanImageToVideo."),
+        ], outputs=[output(io.Latent, "LATENT", "The sampled video latent, for VAE Decode.")])
 
     @classmethod
     def execute(cls, model, adapter, portrait_embeds, portrait_strength, start_percent, end_percent, positive,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..fantasyportrait_core.faces.detector import portrait_faces
-from ..fantasyportrait_core.faces.frames import to_uint8
+from ..fantasyportrait_core.motion.extraction import frames_to_uint8
 from ..fantasyportrait_core.sizing import RESOLUTIONS, output_size
 from .common import FaceModelsIO, log, node_schema, output
 
@@ -34,7 +34,7 @@ class FantasyPortraitOutputSize(io.ComfyNode):
     @classmethod
     def execute(cls, image, resolution, face_models=None) -> io.NodeOutput:
         if face_models is not None:
-            boxes = portrait_faces(to_uint8(image[0, ..., :3].cpu().numpy()), face_models.detector)
+            boxes = portrait_faces(frames_to_uint8(image[:1])[0], face_models.detector)
             log.info("FantasyPortrait: %d face(s) in the portrait", len(boxes))
         return io.NodeOutput(*output_size(int(image.shape[2]), int(image.shape[1]), resolution))
 

@@ -247,6 +247,7 @@ def test_server_lists_every_node(tmp_path):
             for section in node["input"].values():
                 for inp, spec in section.items():
                     assert len(spec) > 1 and spec[1].get("tooltip"), f"{name}.{inp} has no tooltip"
+            assert all(node["output_tooltips"]), f"{name} has an output without a tooltip"
             # the node docs panel (frontend 1.27) asks for /extensions/<pack folder>/docs/<id>/<locale>.md, then
             # /extensions/<pack folder>/docs/<id>.md: served, titled, naming every socket
             with urllib.request.urlopen(f"{server.url}/extensions/ComfyUI-FantasyPortrait/docs/{name}.md",

@@ -180,7 +180,7 @@ def combine(windows: list[torch.Tensor], driver_boxes: list[np.ndarray], face_bo
     if len(windows) != n:
         raise FantasyPortraitError(
             f"The portrait has {n} face(s) but {len(windows)} driver(s) were given: give one driver per face "
-            "(persons from one video, or one video per person).")
+            "(persons from one video, or one video per person; in ComfyUI one FantasyPortrait Encode per face).")
     mapping = list(range(n)) if mapping is None else mapping
     windows, note = common_length(windows)
     notes = [note] if note else []
