@@ -1,14 +1,15 @@
-"""ONNX Runtime sessions for the released face models, created once and reused."""
+"""ONNX Runtime sessions for the released face models.
+
+No session is cached here: each face model holds its own, so it is freed with the model (ComfyUI's
+node cache keeps the loaded face models while a graph uses them; a CUDA session held in a module-level
+cache would keep GPU memory that ComfyUI's "free memory" cannot release).
+"""
 
 from __future__ import annotations
 
 import os
-import threading
 
 from ..errors import FantasyPortraitError, require
-
-_SESSIONS: dict = {}
-_LOCK = threading.Lock()
 
 
 def default_providers() -> list[str]:
@@ -18,26 +19,18 @@ def default_providers() -> list[str]:
 
 
 def get_session(path: str, providers: list[str] | None = None):
-    """An ``InferenceSession`` for ``path``, cached by (file, size, mtime, providers)."""
+    """A new ``InferenceSession`` for ``path``; a file that is not a usable ONNX model is named."""
     ort = require("onnxruntime", "The face detector and landmark models", "onnxruntime")
     if not os.path.isfile(path):
         raise FantasyPortraitError(f"Face model not found: {path}")
-    providers = list(providers or default_providers())
-    stat = os.stat(path)
-    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, tuple(providers))
-    with _LOCK:
-        session = _SESSIONS.get(key)
-        if session is None:
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            try:
-                session = ort.InferenceSession(path, sess_options=options, providers=providers)
-            except Exception as exc:  # onnxruntime raises its own exception types
-                raise FantasyPortraitError(
-                    f"{os.path.basename(path)} is not a usable ONNX model ({str(exc).splitlines()[0]}). "
-                    "Is the file complete and the right one?") from exc
-            _SESSIONS[key] = session
-    return session
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(path, sess_options=options, providers=list(providers or default_providers()))
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise FantasyPortraitError(
+            f"{os.path.basename(path)} is not a usable ONNX model ({str(exc).splitlines()[0]}). "
+            "Is the file complete and the right one?") from exc
 
 
 def check_io(session, path: str, inputs: dict[str, list], outputs: int | None = None) -> None:
