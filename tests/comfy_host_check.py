@@ -145,6 +145,8 @@ features2 = ExpressionFeatures(torch.randn(2, 17, 554, generator=g), tracks2, 25
 largest = encode(adapter, features2, -1, 0, "trim", 1.0, 1.0, 1.0)[0]
 second = encode(adapter, features2, 1, 0, "trim", 1.0, 1.0, 1.0)[0]
 result["encode_largest_is_person_1"] = bool(torch.equal(largest.embeds.windows, second.embeds.windows))
+first = encode(adapter, features2, 0, 0, "trim", 1.0, 1.0, 1.0)[0]  # the person widget is not ignored
+result["encode_person_0_differs"] = not torch.equal(first.embeds.windows, second.embeds.windows)
 
 # a driving "video" of one frame is refused by the tracker node (the command line refuses it too)
 try:
@@ -184,6 +186,14 @@ if os.path.isfile(os.path.join(MODELS, "face_det.onnx")) and os.path.isfile(CLIP
     faces = FaceModels(FaceDetector(os.path.join(MODELS, "face_det.onnx")),
                        LandmarkModel(os.path.join(MODELS, "face_landmark.onnx")))
     tracker = fp.FantasyPortraitFaceTracker
+
+    def _audio_is_window_of_whole(audio, start):
+        """The window's samples equal the whole clip's from ``start`` seconds on."""
+        from fantasyportrait_pack.fantasyportrait_core.video import read_audio
+
+        whole = read_audio(CLIP, 0.0)["waveform"]
+        first = int(round(start * audio["sample_rate"]))
+        return bool(torch.equal(audio["waveform"], whole[..., first:first + audio["waveform"].shape[-1]]))
     tracks, crops, preview, rate, audio = tracker(faces, 96, 0, video=VideoFromFile(CLIP), start_frame=4,
                                                         length=9, fps=12.0)
     # the same frames given as IMAGE (decoded whole, retimed to 12 fps, frames 4..12) give the same tracks
@@ -211,6 +221,7 @@ if os.path.isfile(os.path.join(MODELS, "face_det.onnx")) and os.path.isfile(CLIP
         "crops": list(crops.shape), "same_as_images": bool(np.array_equal(tracks.tracks.landmarks,
                                                                          as_images[0].tracks.landmarks)),
         "images_fps": as_images[3], "audio_seconds": audio["waveform"].shape[-1] / audio["sample_rate"],
+        "audio_is_the_window": _audio_is_window_of_whole(audio, 4 / 12),
         "audio_rate": audio["sample_rate"], "source_audio_rate": audio_rate,
         "extractor_fps": fp.FantasyPortraitExpressionExtractor.cls.INPUT_TYPES()["optional"]["fps"][1]["default"]}
     for name, kwargs in (("length", {"length": 10}), ("start", {"start_frame": 500}), ("none", {})):
@@ -227,5 +238,6 @@ if os.path.isfile(os.path.join(MODELS, "face_det.onnx")) and os.path.isfile(CLIP
         result["portrait_no_face_error"] = str(exc)
     man = torch.from_numpy(read_video(os.path.join(SHARED, "media", "man.jpeg")).frames).float() / 255
     result["portrait_with_face_size"] = list(fp.FantasyPortraitOutputSize(man, "480p", faces))
+    result["portrait_pixels"] = [man.shape[2], man.shape[1]]
 
 print("RESULT " + json.dumps(result))

@@ -54,14 +54,18 @@ class ComfyServer:
                                       "--use-pytorch-cross-attention", "--base-directory", str(base)],
                                      cwd=COMFYUI_DIR, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})
-        for _ in range(240):
-            time.sleep(0.5)
-            try:
-                urllib.request.urlopen(self.url + "/system_stats", timeout=5).read()
-                return
-            except OSError:
-                assert self.proc.poll() is None, open(log_path).read()[-3000:]
-        raise AssertionError("ComfyUI did not answer:\n" + open(log_path).read()[-3000:])
+        try:
+            for _ in range(240):
+                time.sleep(0.5)
+                try:
+                    urllib.request.urlopen(self.url + "/system_stats", timeout=5).read()
+                    return
+                except OSError:
+                    assert self.proc.poll() is None, open(log_path).read()[-3000:]
+            raise AssertionError("ComfyUI did not answer:\n" + open(log_path).read()[-3000:])
+        except BaseException:  # a server that did not come up is not left running
+            self.kill()
+            raise
 
     def kill(self):
         self.proc.kill()
@@ -73,3 +77,15 @@ class ComfyServer:
             self.proc.terminate()
             self.proc.wait(timeout=30)
         self._log.close()
+
+
+def two_person_clip(folder) -> str:
+    """The first 12 frames of two_person.mp4 (23 fps, no audio) in ``folder``: a short two-person driver
+    keeps the end-to-end runs quick."""
+    from fantasyportrait_core.video import read_video, write_video
+    from media import media_path
+
+    clip = folder / "two_person_12.mp4"
+    if not clip.exists():
+        write_video(str(clip), read_video(media_path("two_person.mp4"), max_frames=12).frames, 23)
+    return str(clip)

@@ -22,6 +22,15 @@ requires_comfyui = pytest.mark.skipif(
            "(../shared/host/setup-comfyui.sh builds one)")
 
 
+@pytest.fixture(scope="session")
+def tiny_models_base(tmp_path_factory):
+    """A ComfyUI base folder whose models/ holds the tiny test models (written once per session: the
+    random full-size Wan VAE alone is 250 MB); servers link it with ``make_base(..., models_from=...)``."""
+    from comfy_servers import make_base
+
+    return make_base(tmp_path_factory.mktemp("tiny_models") / "base")
+
+
 @pytest.fixture
 def tiny_adapter_state():
     from checkpoint_factory import adapter_state_dict

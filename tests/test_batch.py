@@ -159,17 +159,21 @@ def test_missing_model_files_on_a_server_are_reported_before_queueing(media, ser
 def test_a_killed_server_loses_no_job(media, servers):
     fakes = servers(2, seconds=0.4)
     jobs = write_jobs(media / "jobs.csv", SIX)
-    killed = {}
+    killed, finished = {}, threading.Event()
 
     def watch():  # kill the second server once it has finished a job and is running another
-        while not killed:
-            if fakes[1].executed and fakes[1].running:
-                killed["at"] = len(fakes[1].executed)
+        while not killed and not finished.is_set():
+            done = len(fakes[1].executed)  # read first: the running job may finish meanwhile
+            if done and fakes[1].running:
+                killed["at"] = done
                 fakes[1].kill()
             time.sleep(0.005)
 
     threading.Thread(target=watch, daemon=True).start()
-    code, said = batch(jobs, fakes)
+    try:
+        code, said = batch(jobs, fakes)
+    finally:
+        finished.set()
     assert code == 0, said
     assert "lost   " in said and "goes to another server" in said
     records = manifest(media / "outputs" / "manifest.jsonl")
@@ -181,17 +185,20 @@ def test_a_killed_server_loses_no_job(media, servers):
 def test_a_restarted_server_is_noticed_and_its_prompts_rerun(media, servers):
     fakes = servers(1, seconds=0.5)
     jobs = write_jobs(media / "jobs.csv", SIX[:3])
-    restarted = {}
+    restarted, finished = {}, threading.Event()
 
     def watch():
-        while not restarted:
+        while not restarted and not finished.is_set():
             if fakes[0].running:
                 restarted["yes"] = True
                 fakes[0].forget()  # restarted between two polls: the prompt vanished
             time.sleep(0.005)
 
     threading.Thread(target=watch, daemon=True).start()
-    code, said = batch(jobs, fakes)
+    try:
+        code, said = batch(jobs, fakes)
+    finally:
+        finished.set()
     assert code == 0, said
     assert "is no longer known" in said
     assert [r["status"] for r in manifest(media / "outputs" / "manifest.jsonl")] == ["done"] * 3

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from comfy_servers import TINY_MODELS, ComfyServer, make_base
+from comfy_servers import TINY_MODELS, ComfyServer, make_base, two_person_clip
 from conftest import ROOT, requires_comfyui
 from media import media_path
 
@@ -22,17 +22,13 @@ TINY = ";".join(TINY_MODELS + ["13.length=9"])
 
 
 @pytest.fixture(scope="module")
-def farm(tmp_path_factory):
+def farm(tmp_path_factory, tiny_models_base):
     tmp = tmp_path_factory.mktemp("farm")
-    first = make_base(tmp / "a")
-    make_base(tmp / "b", models_from=first)
-    servers = [ComfyServer(tmp / "a", tmp / "a.log"), ComfyServer(tmp / "b", tmp / "b.log")]
-    from fantasyportrait_core.video import read_video, write_video
-
-    clip = tmp / "two_person_12.mp4"  # a short cut of the two-person clip keeps the jobs quick
-    write_video(str(clip), read_video(media_path("two_person.mp4"), max_frames=12).frames, 23)
+    servers = []
     try:
-        yield {"tmp": tmp, "servers": servers, "two_clip": str(clip)}
+        for name in ("a", "b"):
+            servers.append(ComfyServer(make_base(tmp / name, models_from=tiny_models_base), tmp / f"{name}.log"))
+        yield {"tmp": tmp, "servers": servers, "two_clip": two_person_clip(tmp)}
     finally:
         for s in servers:
             if s.proc.poll() is None:
@@ -88,9 +84,9 @@ def test_a_batch_completes_on_both_servers_and_resumes(farm):
     assert {r["server"] for r in got} == {s.url for s in farm["servers"]}  # both servers worked
     from fantasyportrait_core.video import read_video
 
-    for r in got:
+    for r, row in zip(got, csv.DictReader(open(jobs))):
         video = read_video(str(farm["tmp"] / "outputs" / r["output"]))
-        assert video.frames.shape[0] == 9 and video.frames.shape[1:3] in ((64, 64), (64, 96))
+        assert video.frames.shape[:3] == ((9, 64, 96) if row["video2"] else (9, 64, 64))  # 96x64: two people
     # jobs of one clip ran on one server (ComfyUI's cache then skips their tracking)
     servers_per_clip = {}
     for r, row in zip(got, csv.DictReader(open(jobs))):
@@ -127,15 +123,20 @@ def test_ctrl_c_leaves_no_prompt_of_the_batch_in_either_queue(farm):
     manifest = farm["tmp"] / "long" / "manifest.jsonl"
     proc = batch_cli(farm, jobs, "--per-server", "3", "--out-dir", str(farm["tmp"] / "long"), "--cancel-running",
                      background=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        if manifest.exists() and sum(bool(r["prompt_id"]) for r in records(manifest)) >= 4:
-            break
-    ours = {r["prompt_id"] for r in records(manifest) if r["prompt_id"]}
-    assert len(ours) >= 4 and len(ours & set.union(*(queue_ids(s) for s in farm["servers"]))) >= 4
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            if manifest.exists() and sum(bool(r["prompt_id"]) for r in records(manifest)) >= 4:
+                break
+        ours = {r["prompt_id"] for r in records(manifest) if r["prompt_id"]}
+        assert len(ours) >= 4 and len(ours & set.union(*(queue_ids(s) for s in farm["servers"]))) >= 4
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:  # a failure above must not leave the batch running against the servers
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, err[-3000:]
     for _ in range(60):  # the interrupted prompts end within a step
         if not any(queue_ids(s) & ours for s in farm["servers"]):
@@ -150,10 +151,10 @@ def test_a_server_killed_mid_batch_loses_no_job(farm):
     jobs = jobs_file(farm["tmp"] / "kill.csv", farm, [21, 22, 23, 24, 25, 26])
     manifest = farm["tmp"] / "kill" / "manifest.jsonl"
     victim = farm["servers"][1]
-    killed = {}
+    killed, finished = {}, threading.Event()
 
     def watch():
-        while not killed:
+        while not killed and not finished.is_set():
             time.sleep(0.2)
             try:
                 running = [r for r in records(manifest) if r["status"] == "running" and r["server"] == victim.url
@@ -166,7 +167,12 @@ def test_a_server_killed_mid_batch_loses_no_job(farm):
                 killed["line"] = running[0]["line"]
 
     threading.Thread(target=watch, daemon=True).start()
-    proc = batch_cli(farm, jobs, "--out-dir", str(farm["tmp"] / "kill"))
+    try:
+        proc = batch_cli(farm, jobs, "--out-dir", str(farm["tmp"] / "kill"))
+    finally:
+        finished.set()
+        if killed:  # later tests (or a -k selection) get both servers again
+            farm["servers"][1] = ComfyServer(victim.base, victim.log)
     assert killed, "the second server never had a job running after finishing one"
     assert proc.returncode == 0, proc.stderr[-4000:]
     got = records(manifest)

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from comfy_servers import TINY_MODELS, ComfyServer, make_base
+from comfy_servers import TINY_MODELS, ComfyServer, make_base, two_person_clip
 from conftest import COMFYUI_DIR, ROOT, requires_comfyui
 from conftest import COMFYUI_PYTHON as PYTHON
 from media import media_path
@@ -75,6 +75,7 @@ def test_encode_node_fits_lengths_and_rates(host_result):
     assert "num_frames must be 0 (the whole clip) or 4k+1 frames, as Wan makes them; got 20: use 17 or 21" in \
         host_result["encode_count_error"]
     assert host_result["encode_largest_is_person_1"]  # person -1: the largest face (released rule)
+    assert host_result["encode_person_0_differs"]
 
 
 def test_frame_count_widgets_are_checked_when_queued(host_result):
@@ -102,6 +103,7 @@ def test_tracker_reads_only_the_used_frames_of_a_core_video(host_result):
     # and the audio of frames 4-12 only (samples 333..1082)
     assert host_result["tracker_components"] == [True, 12.0, [333.0, 1082.0], 750]
     assert got["audio_seconds"] == pytest.approx(9 / 12, abs=1e-3) and got["audio_rate"] == got["source_audio_rate"]
+    assert got["audio_is_the_window"]  # the clip's own samples from 4/12 s on
     assert got["extractor_fps"] == 0.0  # 0: the fps comes with the tracks
     assert "length must be 0 (the whole clip) or 4k+1 frames, as Wan makes them; got 10: use 9 or 13" in \
         host_result["tracker_length_error"]
@@ -115,7 +117,9 @@ def test_portrait_without_a_face_is_refused(host_result):
     if "portrait_no_face_error" not in host_result:
         pytest.skip("real face models or test media not found")
     assert "No face was found in the portrait image (640x480)" in host_result["portrait_no_face_error"]
-    assert host_result["portrait_with_face_size"][0] % 16 == 0
+    from fantasyportrait_core.sizing import output_size
+
+    assert host_result["portrait_with_face_size"] == list(output_size(*host_result["portrait_pixels"], "480p"))
 
 
 def test_output_size_node(host_result):
@@ -266,12 +270,13 @@ def test_server_lists_every_node(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, tiny_models_base):
     tmp = tmp_path_factory.mktemp("comfy")
     front = tmp / "frontend"
     front.mkdir()
     has_frontend = subprocess.run([PYTHON, "-c", "import comfyui_frontend_package"], capture_output=True).returncode == 0
-    comfy = ComfyServer(make_base(tmp / "base"), tmp / "server.log", None if has_frontend else front)
+    comfy = ComfyServer(make_base(tmp / "base", models_from=tiny_models_base), tmp / "server.log",
+                        None if has_frontend else front)
     try:
         yield {"url": comfy.url, "tmp": tmp, "log": comfy.log}
     finally:
@@ -312,15 +317,6 @@ def run_cli(server, workflow, out, image=None, videos=None, private=False):
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
-def two_person_clip(server):
-    from fantasyportrait_core.video import read_video, write_video
-
-    clip = server["tmp"] / "two_person_12.mp4"  # a short cut of the two-person clip keeps the tests quick
-    if not clip.exists():
-        write_video(str(clip), read_video(media_path("two_person.mp4"), max_frames=12).frames, 23)
-    return str(clip)
-
-
 def check_video(path, size, frames, fps, audio):
     """The saved file: size, frame count, frame rate, duration, and whether it has the driving audio."""
     import av
@@ -341,7 +337,7 @@ def shipped_case(server, name):
     """Per shipped workflow: the inputs it is run with, and what its saved video must be."""
     if name == "fantasyportrait_single":  # jgz.mp4: 15 fps with audio; the single graph keeps the clip's rate
         return dict(image=None, videos=None), ((64, 64), 9, 15.0, True)
-    clip = two_person_clip(server)  # 23 fps, no audio; the multi-person graphs retime to 25 fps (released)
+    clip = two_person_clip(server["tmp"])  # 23 fps, no audio; the multi-person graphs retime to 25 fps (released)
     videos = [clip] if name == "fantasyportrait_two_from_one_video" else [clip, media_path("jgz.mp4")]
     return dict(image=media_path("two_person.png"), videos=videos), ((96, 64), 9, 25.0, False)
 
