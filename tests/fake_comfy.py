@@ -3,9 +3,8 @@
 It keeps uploads, a pending queue and a history, and "executes" one prompt at a time on a thread
 (``seconds`` each). A prompt whose seed (any node's ``seed`` input) is in ``fail_seeds`` fails with a
 node error; one in ``flaky_seeds`` fails once with an out-of-memory error, then succeeds. ``kill()``
-closes the listening socket (connections are refused), ``restart()`` listens again on the same port
-with an empty queue and history, and ``forget()`` empties them while listening on (a restart between
-two requests). Headers of every request are kept.
+closes the listening socket (connections are refused), and ``forget()`` empties the queue and the
+history while listening on (a restart between two requests). Headers of every request are kept.
 """
 
 from __future__ import annotations
@@ -120,10 +119,6 @@ class FakeComfy:
         self.alive = False
         self.httpd.shutdown()
         self.httpd.server_close()
-
-    def restart(self):
-        self.forget()
-        self._start()
 
     def forget(self):
         """What a restart between two requests looks like: queue, history and uploads are gone."""

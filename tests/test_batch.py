@@ -10,12 +10,12 @@ import time
 
 import pytest
 
+from conftest import ROOT
 from fake_comfy import FakeComfy
 from fantasyportrait_core.tools.batch import load_jobs, parse_servers, run_batch
 from fantasyportrait_core.tools.cli import main
 from fantasyportrait_core.tools.runner import MODEL_FOLDERS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SINGLE = os.path.join(ROOT, "workflows", "api", "fantasyportrait_single_api.json")
 PEOPLE = os.path.join(ROOT, "workflows", "api", "fantasyportrait_people_from_videos_api.json")
 
@@ -279,7 +279,7 @@ def test_jobs_file_formats_and_defaults(media):
                                                "mapping": "2,1", "prompt": "two friends", "size": "720p"},
                                               {"image": "a.png", "video": "clip1.mp4", "size": "832x480",
                                                "workflow": "single", "cfg": 2.5}], "jsonl")
-    jobs, workflows = load_jobs(jsonl)
+    jobs, _ = load_jobs(jsonl)
     first, second = jobs
     assert os.path.basename(first.workflow) == "fantasyportrait_people_from_videos_api.json"  # two drivers
     changes = {(n, k): v for n, k, v in first.changes}

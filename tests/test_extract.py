@@ -63,11 +63,11 @@ def test_features_do_not_depend_on_batch_size(models_dir):
     from fantasyportrait_core.motion.encoder import motion_encoder_from_state_dict
     models.motion_encoder = motion_encoder_from_state_dict(random_state())
     frames = read_video(media_path("jgz.mp4"), max_frames=5).frames
-    a = extract_features(frames, models, batch_size=5).features
-    b = extract_features(frames, models, batch_size=2).features
+    first = extract_features(frames, models, batch_size=5)
+    a, b = first.features, extract_features(frames, models, batch_size=2).features
     assert a.shape == (1, 5, 554)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    tracks = extract_features(frames, models).tracks
+    tracks = first.tracks
     preview = draw_preview(frames, tracks)
     assert preview.shape == frames.shape and (preview != frames).any()
     small = draw_preview(frames, tracks, max_side=128)  # the node's preview: long side <= 512, frame by frame

@@ -96,7 +96,7 @@ def reference_fan_encoder(sd, x):
                       embed("emo_embed", _head(sd, "to_emo.", net)), _head(sd, "to_mouth.", net)], 1)
 
 
-def test_matches_an_independent_implementation_of_the_released_architecture(encoder):
+def test_matches_an_independent_implementation_of_the_released_architecture():
     sd = random_state(3)
     model = motion_encoder_from_state_dict(sd)
     crops = np.random.default_rng(4).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)

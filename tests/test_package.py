@@ -30,10 +30,7 @@ def test_pack_init_imports_without_comfyui():
 
 
 def test_minimum_comfyui_version_is_declared_and_checked():
-    spec = importlib.util.spec_from_file_location("fantasyportrait_pack_v", os.path.join(ROOT, "__init__.py"),
-                                                  submodule_search_locations=[ROOT])
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load_pack("fantasyportrait_pack_v")
     with open(os.path.join(ROOT, "pyproject.toml")) as fh:
         declared = [line for line in fh if line.startswith("requires-comfyui")]
     assert declared == ['requires-comfyui = ">=0.3.64"\n']
