@@ -42,8 +42,14 @@ def comfy(tmp_path):
 
 
 @pytest.fixture
-def hub(monkeypatch):
+def hub(monkeypatch, request):
+    """The fake hub; pip's step is recorded instead of run (it imports torch and runs pip: seconds per
+    call), except in the one test that asks for the real thing (``real_pip`` in its name)."""
     fake = FakeHub(FILES)
+    fake.pip_calls = []
+    if "real_pip" not in request.node.name:
+        monkeypatch.setattr(fp_setup, "install_requirements",
+                            lambda python, pack, say, dry_run: fake.pip_calls.append((python, pack, dry_run)))
     monkeypatch.setenv("HF_ENDPOINT", fake.url)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -68,7 +74,7 @@ def placed(root):
     return out
 
 
-def test_files_land_where_comfyui_reads_them_and_a_second_run_downloads_nothing(comfy, hub, capsys):
+def test_files_land_where_comfyui_reads_them_and_a_second_run_downloads_nothing_real_pip(comfy, hub, capsys):
     root, _ = comfy
     assert setup(comfy) == 0
     err = capsys.readouterr().err
@@ -84,7 +90,8 @@ def test_files_land_where_comfyui_reads_them_and_a_second_run_downloads_nothing(
         assert (root / "models" / rel).read_bytes() == FILES[(WANTED[name].repo, WANTED[name].path)]
     pack = root / "custom_nodes" / "ComfyUI-FantasyPortrait"
     assert (pack / "__init__.py").is_file() and (pack / "workflows" / "api").is_dir() and not (pack / ".git").exists()
-    assert "to download: 8 file(s)" in err and "free disk:" in err and "torch" in err
+    assert "to download: 8 file(s)" in err and "free disk:" in err
+    assert f"requirements: installing into {comfy[1]} (torch " in err  # pip ran, ComfyUI's torch held
     assert f"fantasyportrait run --comfyui {root} --workflow {pack}" in err
     gets = len(hub.gets)
     assert gets == 8
@@ -94,7 +101,7 @@ def test_files_land_where_comfyui_reads_them_and_a_second_run_downloads_nothing(
 
 
 def test_extra_model_paths_are_respected(comfy, hub, tmp_path):
-    root, _ = comfy
+    root, python = comfy
     central = tmp_path / "central"
     (root / "extra_model_paths.yaml").write_text(
         f"farm:\n  base_path: {central}\n  is_default: true\n  diffusion_models: |\n    unets\n    more_unets\n"
@@ -108,6 +115,8 @@ def test_extra_model_paths_are_respected(comfy, hub, tmp_path):
     assert (central / "portrait" / "face_det.onnx").is_file()
     assert not (root / "models" / "diffusion_models").exists()
     assert not any(path.endswith("pd_fpg.pth") for _, path, _ in hub.gets)
+    pack = str(root / "custom_nodes" / "ComfyUI-FantasyPortrait")
+    assert hub.pip_calls == [(python, pack, False)]  # the copied pack's requirements, into ComfyUI's Python
 
 
 def test_an_interrupted_download_resumes_and_leaves_no_partial_file(comfy, hub, capsys):
