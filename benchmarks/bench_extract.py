@@ -27,8 +27,10 @@ Machine noise is large here; compare the ratio, measured in one run.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -155,6 +157,7 @@ def run_pack(clip_path, frames, models_dir, encoder):
 
 def speed(args):
     tmp = tempfile.mkdtemp(prefix="bench_extract_")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # the clips and models made here are large
     clip = os.path.join(tmp, f"single_{args.frames}.mp4")
     looped_clip(clip, args.frames, 25.0)
     torch.manual_seed(0)
@@ -195,6 +198,7 @@ def peak_rss(cmd) -> float:
 
 def memory(args):
     tmp = tempfile.mkdtemp(prefix="bench_extract_mem_")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     models = os.path.join(tmp, "models")
     os.makedirs(models)
     for name in ("face_det.onnx", "face_landmark.onnx"):
