@@ -27,8 +27,8 @@ from typing import Callable
 from ..errors import FantasyPortraitError
 from ..sizing import MULTIPLE, RESOLUTIONS
 from . import PACK_DIR, file_sha256
-from .runner import (ComfyClient, RunError, ServerUnreachable, apply_overrides, check_workflow, fill_inputs, follow,
-                     load_workflow, nodes_of_class, open_progress, saved_files)
+from .runner import (ComfyClient, RunError, ServerUnreachable, apply_overrides, check_workflow, download_result,
+                     fill_inputs, load_workflow, nodes_of_class, run_workflow)
 
 SHIPPED = {"single": "fantasyportrait_single", "two_from_one_video": "fantasyportrait_two_from_one_video",
            "people_from_videos": "fantasyportrait_people_from_videos"}
@@ -182,7 +182,7 @@ def _row_job(line: int, row: dict, base: str, workflows: dict) -> tuple[Job | No
         except (TypeError, ValueError):
             errors.append(f"{name} {raw!r} is not {'an integer' if kind is int else 'a number' if kind is float else 'text'}")
             continue
-        if name in ("seed",) and value < 0 or name == "steps" and value < 1:
+        if name == "seed" and value < 0 or name == "steps" and value < 1:
             errors.append(f"{name} {raw!r} is out of range")
             continue
         target = next(((nid, inp) for cls, inp in targets for nid in nodes_of_class(wf, cls)[:1]), None)
@@ -354,6 +354,8 @@ def parse_servers(urls: list[str], servers_file: str | None, headers: list[str])
 class Server:
     def __init__(self, url: str, headers: dict, slots: int):
         self.client = ComfyClient(url, timeout=60, headers=headers)
+        # probing a lost server must not hold up the batch's event loop for the full request timeout
+        self.prober = ComfyClient(url, timeout=5, headers=headers)
         self.url, self.slots = self.client.base, slots
         self.alive, self.in_flight, self.group = True, 0, None
         self.checked = 0.0
@@ -363,7 +365,7 @@ class Server:
     def probe(self) -> bool:
         self.checked = time.monotonic()
         try:
-            self.client.get_json("/system_stats")
+            self.prober.get_json("/system_stats")
             if not self.alive:
                 self.uploaded.clear()  # a restarted server may have lost its input folder
             self.alive = True
@@ -475,22 +477,14 @@ class Batch:
         try:
             names = [self.upload(server, path) for path in [job.image, *job.videos]]
             wf = fill_inputs(job_workflow(job, self.workflows), names[0], names[1:])
-            ws = open_progress(server.client)
-            try:
-                if self.stopping.is_set():
-                    raise RunError("Stopped before queueing.")
-                prompt_id = server.client.queue(wf)
+
+            def queued(prompt_id):
                 server.prompts[prompt_id] = job.key  # registered before anything can stop the batch's cleanup
                 put("queued", prompt_id)
-                entry = follow(server.client, prompt_id, lambda text: put("step", text), ws, timeout=self.timeout,
-                               stop=self.stopping.is_set)
-            finally:
-                if ws is not None:
-                    ws.close()
-            files = saved_files(entry)
-            if not files:
-                raise RunError("The run finished but saved no output (does the workflow end in SaveVideo?).")
-            data = server.client.download(files[0])
+
+            entry = run_workflow(server.client, wf, lambda text: put("step", text), timeout=self.timeout,
+                                 on_queued=queued, stop=self.stopping.is_set)
+            data = download_result(server.client, entry)
             path = os.path.join(self.out_dir, job.output)
             tmp = f"{path}.part"
             with open(tmp, "wb") as fh:
@@ -611,7 +605,9 @@ def check_servers(jobs: list[Job], workflows: dict, servers: list[Server],
     """Before queueing: every workflow (with its jobs' changes) can run on every reachable server."""
     reachable = [s for s in servers if s.probe()]
     if not reachable:
-        raise ServerUnreachable("No server could be reached: " + ", ".join(s.url for s in servers))
+        raise ServerUnreachable("No server could be reached: " + ", ".join(s.url for s in servers) + ". Check "
+                                "that ComfyUI runs there (and listens beyond localhost: --listen), the addresses "
+                                "given with --server or --servers-file, and any --header it needs.")
     for server in servers:
         if not server.alive:
             say(f"{server.url} does not answer; it is tried again during the batch")

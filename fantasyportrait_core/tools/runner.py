@@ -67,7 +67,7 @@ class ComfyClient:
         except urllib.error.URLError as exc:
             raise ServerUnreachable(f"Cannot reach ComfyUI at {self.base} ({exc.reason}). Is the server "
                                     "running?") from None
-        except (ConnectionError, TimeoutError, http.client.HTTPException, OSError) as exc:
+        except (http.client.HTTPException, OSError) as exc:  # OSError: resets, refusals, timeouts
             raise ServerUnreachable(f"Lost the connection to ComfyUI at {self.base} ({exc}).") from None
 
     def get_json(self, path: str):
@@ -307,13 +307,18 @@ def load_workflow(path: str) -> dict:
 
 
 def run_workflow(client: ComfyClient, workflow: dict, progress: Callable[[str], None] = lambda s: None,
-                 poll: float = 0.5, timeout: float | None = None) -> dict:
-    """Queue ``workflow``, follow it, and return its history entry (outputs per node)."""
+                 timeout: float | None = None, on_queued: Callable[[str], None] = lambda prompt_id: None,
+                 stop: Callable[[], bool] = lambda: False) -> dict:
+    """Queue ``workflow``, follow it, and return its history entry (outputs per node). ``on_queued(prompt_id)``
+    runs as soon as the server accepted it; ``stop()`` returning True ends the wait (see :func:`follow`)."""
     ws = open_progress(client)
     try:
+        if stop():
+            raise RunError("Stopped before queueing.")
         prompt_id = client.queue(workflow)
+        on_queued(prompt_id)
         progress(f"queued as {prompt_id}")
-        return follow(client, prompt_id, progress, ws, poll=poll, timeout=timeout)
+        return follow(client, prompt_id, progress, ws, timeout=timeout, stop=stop)
     finally:
         if ws is not None:
             ws.close()
@@ -400,6 +405,14 @@ def _node_error(data: dict) -> str:
             f"{data.get('exception_type', '')}: {data.get('exception_message', '').strip()}")
 
 
+def download_result(client: ComfyClient, entry: dict) -> bytes:
+    """The bytes of the file a finished run saved (its video, when there are several files)."""
+    files = saved_files(entry)
+    if not files:
+        raise RunError("The run finished but saved no output (does the workflow end in SaveVideo?).")
+    return client.download(files[0])
+
+
 def saved_files(entry: dict) -> list[dict]:
     """Saved outputs of a finished run (videos first)."""
     items = []
@@ -425,10 +438,7 @@ def run(server: str, workflow_path: str, image: str | None, videos: list[str], o
     video_names = [client.upload(v) for v in videos]
     progress(f"uploaded {1 if image else 0} image and {len(video_names)} video(s)")
     entry = run_workflow(client, fill_inputs(wf, image_name, video_names), progress, timeout=timeout)
-    files = saved_files(entry)
-    if not files:
-        raise RunError("The run finished but saved no output (does the workflow end in SaveVideo?).")
-    data = client.download(files[0])
+    data = download_result(client, entry)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "wb") as fh:
         fh.write(data)
