@@ -633,12 +633,13 @@ def check_servers(jobs: list[Job], workflows: dict, servers: list[Server],
 def run_batch(jobs_file: str, server_specs: list[tuple[str, dict]], out_dir: str | None = None,
               manifest: str | None = None, per_server: int = 1, retries: int = 3, timeout: float | None = None,
               dry_run: bool = False, cancel_running: bool = False, say: Callable[[str], None] | None = None,
-              status_line: Callable[[str], None] | None = None) -> int:
-    """The whole ``fantasyportrait batch`` command; returns the exit status (0 only when every job is done)."""
+              status_line: Callable[[str], None] | None = None, loaded: tuple | None = None) -> int:
+    """The whole ``fantasyportrait batch`` command; returns the exit status (0 only when every job is done).
+    ``loaded``: what :func:`load_jobs` already made of ``jobs_file`` (then it is not read again)."""
     say = say or (lambda s: print(s, file=sys.stderr))
     if per_server < 1:
         raise FantasyPortraitError("--per-server must be at least 1.")
-    jobs, workflows = load_jobs(jobs_file)
+    jobs, workflows = loaded or load_jobs(jobs_file)
     base = os.path.dirname(os.path.abspath(jobs_file))
     out_dir = os.path.abspath(out_dir or os.path.join(base, "outputs"))
     manifest = os.path.abspath(manifest or os.path.join(out_dir, "manifest.jsonl"))

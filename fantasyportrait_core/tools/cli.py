@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -232,9 +233,21 @@ def _status_printer():
     return show
 
 
+@contextlib.contextmanager
+def _private_comfyui(args):
+    """A private headless ComfyUI for ``run`` or ``batch`` (``--comfyui``, ``--comfyui-python``,
+    ``--comfyui-arg``), stopped afterwards; yields its URL."""
+    from .runner import PrivateServer, find_comfyui
+
+    say = lambda s: print(s, file=sys.stderr)  # noqa: E731
+    with PrivateServer(find_comfyui(args.comfyui), args.comfyui_python, args.comfyui_arg, progress=say) as url:
+        yield url
+    say("stopped the private ComfyUI")
+
+
 def _cmd_batch(args) -> int:
     from .batch import load_jobs, parse_servers, run_batch
-    from .runner import PrivateServer, RunError, find_comfyui
+    from .runner import RunError
 
     servers = parse_servers(args.server, args.servers_file, args.header)
     options = dict(out_dir=args.out_dir, manifest=args.manifest, per_server=args.per_server, retries=args.retries,
@@ -243,12 +256,9 @@ def _cmd_batch(args) -> int:
     try:
         if servers or args.dry_run:
             return run_batch(args.jobs, servers, **options)
-        load_jobs(args.jobs)  # a bad jobs file is reported before a server is started
-        say = lambda s: print(s, file=sys.stderr)  # noqa: E731
-        with PrivateServer(find_comfyui(args.comfyui), args.comfyui_python, args.comfyui_arg, progress=say) as url:
-            code = run_batch(args.jobs, [(url, {})], **options)
-        say("stopped the private ComfyUI")
-        return code
+        loaded = load_jobs(args.jobs)  # a bad jobs file is reported before a server is started
+        with _private_comfyui(args) as url:
+            return run_batch(args.jobs, [(url, {})], loaded=loaded, **options)
     except RunError as exc:
         print(f"fantasyportrait batch: failed: {exc}", file=sys.stderr)
         return 1
@@ -262,14 +272,9 @@ def _cmd_run(args) -> int:
             out = run(args.server, args.workflow, args.image, args.video, args.out, timeout=args.timeout,
                       sets=args.set)
         else:
-            from .runner import PrivateServer, find_comfyui
-
-            say = lambda s: print(s, file=sys.stderr)  # noqa: E731
-            with PrivateServer(find_comfyui(args.comfyui), args.comfyui_python, args.comfyui_arg,
-                               progress=say) as url:
+            with _private_comfyui(args) as url:
                 out = run(url, args.workflow, args.image, args.video, args.out, timeout=args.timeout,
                           sets=args.set)
-            say("stopped the private ComfyUI")
     except RunError as exc:
         print(f"fantasyportrait run: failed: {exc}", file=sys.stderr)
         return 1
