@@ -9,6 +9,7 @@ stay at the source resolution because the released face models work on the full 
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 from collections.abc import Sequence
@@ -135,6 +136,12 @@ class DrivingFrames(Sequence):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def first(self, count: int) -> "DrivingFrames":
+        """The same clip cut to its first ``count`` used frames (nothing is read again)."""
+        cut = copy.copy(self)
+        cut.indices = self.indices[:count]
+        return cut
 
     def __iter__(self):
         return self._decode(self.indices)

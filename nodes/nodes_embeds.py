@@ -91,15 +91,14 @@ class FantasyPortraitEncode(io.ComfyNode):
         feats, note = fit_frame_count(feats, frame_fit, target=num_frames or None)
         if note:
             log.warning("FantasyPortrait: %s", note)
+        if boxes is not None:  # the driver's face boxes (for multi-portrait regions), fitted the same way
+            boxes = fit_frame_count(torch.from_numpy(np.ascontiguousarray(boxes)), frame_fit,
+                                    target=num_frames or None)[0].numpy()
         encoder, _ = load_managed(managed_module(adapter, "_comfy_encoder", adapter.encoder,
                                                  comfy.model_management.get_torch_device()))
         embeds = encode_features(encoder, feats, GroupScales(proj_scale, mouth_scale, emo_scale),
                                  progress=Progress(feats.shape[1]))
         embeds.tokens, embeds.windows = embeds.tokens.cpu(), embeds.windows.cpu()
-        if boxes is not None:  # the driver's face boxes, for multi-portrait regions
-            boxes = boxes[:embeds.num_frames]
-            if len(boxes) < embeds.num_frames:
-                boxes = np.concatenate([boxes, np.repeat(boxes[-1:], embeds.num_frames - len(boxes), 0)])
         return io.NodeOutput(PortraitConditioning(embeds, fps=rate, driver_boxes=boxes), embeds.num_frames,
                              float(rate or DEFAULT_FPS))
 

@@ -326,7 +326,7 @@ def _cmd_extract(args) -> int:
     if any(len(c) != frames for c in clips):
         print(f"fantasyportrait: the videos have {', '.join(str(len(c)) for c in clips)} frames; "
               f"all are trimmed to the shortest, {frames}", file=sys.stderr)
-        clips = [DrivingFrames(path, args.start, frames, target_fps) for path in args.video]
+        clips = [clip.first(frames) for clip in clips]
 
     results = []
     for k, clip in enumerate(clips):
