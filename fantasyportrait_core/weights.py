@@ -178,7 +178,8 @@ def sub_state(state: dict, prefix: str) -> dict:
 
 
 def load_strict(module: torch.nn.Module, sub: dict, prefix: str, name: str, dtype: torch.dtype, what: str):
-    """Load ``sub`` into ``module``: every key present, nothing more, the same shapes."""
+    """Load ``sub`` into ``module``: every key present, nothing more, the same shapes; floating-point
+    tensors in ``dtype`` (integer buffers such as BatchNorm's counters as they are)."""
     expected = module.state_dict()
     missing = sorted(prefix + k for k in expected if k not in sub)
     unexpected = sorted(prefix + k for k in sub if k not in expected)
@@ -187,5 +188,6 @@ def load_strict(module: torch.nn.Module, sub: dict, prefix: str, name: str, dtyp
     bad = [f"{prefix}{k}: {tuple(sub[k].shape)} (expected {tuple(v.shape)})"
            for k, v in expected.items() if sub[k].shape != v.shape]
     if bad:
-        raise CheckpointError(f"{name}: tensors of inconsistent shape: {'; '.join(bad[:8])}.")
-    module.load_state_dict({k: v.to(dtype) for k, v in sub.items()}, strict=True, assign=True)
+        raise CheckpointError(f"{name}: tensors of the wrong shape: {'; '.join(bad[:8])}.")
+    module.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in sub.items()}, strict=True,
+                           assign=True)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..weights import key_error, read_state_dict
+from ..weights import load_strict, read_state_dict, sub_state
 from ..errors import CheckpointError
 
 MOTION_ENCODER_PREFIX = "pd_fpg."  # the motion encoder inside the single-file FantasyPortrait safetensors
@@ -135,24 +135,13 @@ def crops_to_tensor(crops: np.ndarray) -> torch.Tensor:
 
 def motion_encoder_from_state_dict(state: dict, name: str = "pd_fpg.pth", dtype=torch.float32) -> MotionEncoder:
     """Strictly load a PD-FGC state dict (unprefixed, or with the single file's ``pd_fpg.``)."""
-    if any(k.startswith(MOTION_ENCODER_PREFIX) for k in state):
-        state = {k[len(MOTION_ENCODER_PREFIX):]: v for k, v in state.items() if k.startswith(MOTION_ENCODER_PREFIX)}
+    state = sub_state(state, MOTION_ENCODER_PREFIX) or state
     with torch.device("meta"):
         encoder = MotionEncoder()
-    expected = encoder.state_dict()
-    if not any(k in state for k in expected):
+    if not any(k in state for k in encoder.state_dict()):
         raise CheckpointError(
             f"{name} is not the PD-FGC motion encoder (pd_fpg.pth); its first keys are: {', '.join(sorted(state)[:5])}.")
-    missing = sorted(k for k in expected if k not in state)
-    unexpected = sorted(k for k in state if k not in expected)
-    if missing or unexpected:
-        raise key_error(name, missing, unexpected, "PD-FGC motion encoder (pd_fpg.pth)")
-    bad = [f"{k}: {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
-           if state[k].shape != v.shape]
-    if bad:
-        raise CheckpointError(f"{name}: tensors of the wrong shape: {'; '.join(bad[:8])}.")
-    encoder.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()},
-                            strict=True, assign=True)
+    load_strict(encoder, state, "", name, dtype, "PD-FGC motion encoder (pd_fpg.pth)")
     return encoder.eval()
 
 
