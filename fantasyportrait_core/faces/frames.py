@@ -1,6 +1,7 @@
 """Frames as the face models take them: RGB uint8 ``[H, W, 3]`` (ComfyUI IMAGE converted by
-:func:`to_uint8`). The released models were trained on BGR (OpenCV) frames, so every model call
-converts with :func:`to_bgr`."""
+:func:`to_uint8`). The released models were trained on BGR (OpenCV) frames: the detector and the
+landmark model warp the RGB frame and flip only their small input to BGR; :func:`to_bgr` converts a
+whole frame (for insightface)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .frames import to_bgr
 from .onnx_runtime import check_io, get_session
 
 LMK_SIZE = 128
@@ -79,30 +78,28 @@ class LandmarkModel:
         check_io(self.session, path, {"data": [1, 3, 128, 128]}, outputs=3)
         self.output_names = ["output_landmarks", "output_euler", "output_prob"]
 
-    def _infer(self, bgr: np.ndarray, m: np.ndarray):
+    def _infer(self, frame_rgb: np.ndarray, m: np.ndarray):
         import cv2
 
-        crop = cv2.warpAffine(bgr, m, (LMK_SIZE, LMK_SIZE))
+        crop = cv2.warpAffine(frame_rgb, m, (LMK_SIZE, LMK_SIZE))[..., ::-1]  # BGR, as the model was trained
         inp = crop.transpose(2, 0, 1).astype(np.float32)[None] / 255.0
         lmk, euler, prob = self.session.run(self.output_names, {"data": inp})
         local = lmk[0].reshape(2, -1).T * np.float32(LMK_SIZE)  # planar: x..., then y...
         euler = np.array([euler[0, 0], euler[0, 1], eye_roll(local)], dtype=np.float32)
         return _transform(local, m, invert=True), euler, float(prob.reshape(-1)[0])
 
-    def refine(self, frame_rgb: np.ndarray, box=None, points=None, passes: int = LMK_PASSES,
-               bgr: np.ndarray | None = None) -> LandmarkResult:
+    def refine(self, frame_rgb: np.ndarray, box=None, points=None, passes: int = LMK_PASSES) -> LandmarkResult:
         """222 landmarks of the face at ``box`` (a detection) or near ``points`` (the previous frame's)."""
-        bgr = to_bgr(frame_rgb) if bgr is None else bgr
         if points is not None:
             m = warp_from_points(points, np.rad2deg(eye_roll(points)))
         elif box is not None:
             m = warp_from_box(box)
         else:
             raise ValueError("refine needs a box or points")
-        pts, euler, prob = self._infer(bgr, m)
+        pts, euler, prob = self._infer(frame_rgb, m)
         for _ in range(passes - 1):
             m = warp_from_points(pts, np.rad2deg(euler[2]))
-            pts, euler, prob = self._infer(bgr, m)
+            pts, euler, prob = self._infer(frame_rgb, m)
         return LandmarkResult(pts, euler, prob)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import FantasyPortraitError
 from .detector import FaceDetector
-from .frames import check_frame, to_bgr
+from .frames import check_frame
 from .landmarks import FACE_PROB_THRESHOLD, LandmarkModel, LandmarkResult, landmark_box
 from .smoothing import LandmarkSmoother
 
@@ -155,13 +155,12 @@ def _track(frames, detector, landmarker, min_face, max_gap, progress, source, se
         if frame_hw is None:
             check_frame(frame, f"first frame of {source}")
             frame_hw = frame.shape[:2]
-        bgr = to_bgr(frame)
         cands: list[_Candidate] = []
         for t, track in enumerate(tracks):
             if track.last_points is None:
                 continue
             cand = _Candidate(None, None, None, 0.0, track.smoother, track.face_dis, t)
-            _fit(cand, landmarker.refine(frame, points=track.last_points, bgr=bgr), min_face)
+            _fit(cand, landmarker.refine(frame, points=track.last_points), min_face)
             cands.append(cand)
         if f == 0 and seed_boxes is not None:
             boxes = seed_boxes  # the released second pass starts from the first pass's boxes
@@ -174,7 +173,7 @@ def _track(frames, detector, landmarker, min_face, max_gap, progress, source, se
             cand = _Candidate(None, None, None, 0.0, LandmarkSmoother(), diag, None)
             key = ("box", f, np.asarray(box).tobytes())
             if key not in memo:
-                memo[key] = landmarker.refine(frame, box=box, bgr=bgr)
+                memo[key] = landmarker.refine(frame, box=box)
             result = memo[key]
             _fit(cand, LandmarkResult(result.points.copy(), result.euler, result.prob), min_face)
             cands.append(cand)
