@@ -212,14 +212,14 @@ def _row_job(line: int, row: dict, base: str, workflows: dict) -> tuple[Job | No
     if isinstance(sets, str):
         sets = [s.strip() for s in sets.split(";") if s.strip()]
     try:
-        applied = apply_overrides(wf, [str(s) for s in sets])
+        applied = apply_overrides(wf, [str(s) for s in sets], label="set")
         for nid, node in applied.items():
             for k, v in node["inputs"].items():
                 if wf[nid]["inputs"].get(k) != v:
                     changes.append([nid, k, v])
                     seed = v if k in ("seed", "noise_seed") and isinstance(v, int) else seed
     except FantasyPortraitError as exc:
-        errors.append(str(exc).replace("--set ", "set "))
+        errors.append(str(exc))
     for nid, inp, value in changes:
         if inp not in wf[nid]["inputs"]:
             errors.append(f"{os.path.basename(workflow)} node {nid} ({wf[nid]['class_type']}) has no input {inp!r}")
@@ -319,8 +319,8 @@ def resume(jobs: list[Job], manifest: dict, out_dir: str) -> int:
 
 def _environment(variable: str, header: str) -> str:
     if variable not in os.environ:
-        raise FantasyPortraitError(f"Header {header!r} reads ${{{variable}}}, but the environment variable {variable} is "
-                                   "not set: export it before running the batch.")
+        raise FantasyPortraitError(f"Header {header!r} reads ${{{variable}}}, but the environment variable "
+                                   f"{variable} is not set: export it before running the batch.")
     return os.environ[variable]
 
 

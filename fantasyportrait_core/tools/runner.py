@@ -211,17 +211,18 @@ def fill_inputs(workflow: dict, image: str | None, videos: list[str]) -> dict:
     return wf
 
 
-def apply_overrides(workflow: dict, sets: list[str], notes: list[str] | None = None) -> dict:
+def apply_overrides(workflow: dict, sets: list[str], notes: list[str] | None = None, label: str = "--set") -> dict:
     """``NODE.INPUT=VALUE`` overrides: NODE is a node id, a node title or a class type that occurs once;
     VALUE is read as JSON when it parses (numbers, true/false, lists), else as text. An input that is
     connected to another node gets the value instead (e.g. a fixed size instead of Output Size's); a
-    note saying so is added to ``notes``."""
+    note saying so is added to ``notes``. ``label`` names the overrides in messages (``--set``, or a jobs
+    file's ``set`` column)."""
     wf = json.loads(json.dumps(workflow))
     for item in sets or []:
         target, equals, raw = item.partition("=")
         node_ref, dot, name = target.strip().rpartition(".")
         if not equals or not dot or not node_ref or not name:
-            raise FantasyPortraitError(f"--set {item!r}: write NODE.INPUT=VALUE, NODE being a node id or title "
+            raise FantasyPortraitError(f"{label} {item!r}: write NODE.INPUT=VALUE, NODE being a node id or title "
                                        "(e.g. 19.seed=7 or \"FantasyPortrait Sampler.portrait_cfg=3.5\").")
         ids = ([node_ref] if node_ref in wf else
                [k for k, n in wf.items() if n.get("_meta", {}).get("title") == node_ref]
@@ -229,13 +230,13 @@ def apply_overrides(workflow: dict, sets: list[str], notes: list[str] | None = N
         if not ids:
             known = ", ".join(f"{k} ({n.get('_meta', {}).get('title') or n['class_type']})"
                               for k, n in sorted(wf.items(), key=lambda kv: node_order(kv[0])))
-            raise FantasyPortraitError(f"--set {item!r}: the workflow has no node {node_ref!r}. Its nodes: {known}.")
+            raise FantasyPortraitError(f"{label} {item!r}: the workflow has no node {node_ref!r}. Its nodes: {known}.")
         if len(ids) > 1:
-            raise FantasyPortraitError(f"--set {item!r}: {len(ids)} nodes are called {node_ref!r} "
+            raise FantasyPortraitError(f"{label} {item!r}: {len(ids)} nodes are called {node_ref!r} "
                                        f"(ids {', '.join(sorted(ids))}); use the node id.")
         node = wf[ids[0]]
         if name not in node["inputs"]:
-            raise FantasyPortraitError(f"--set {item!r}: node {ids[0]} ({node['class_type']}) has no input {name!r}; "
+            raise FantasyPortraitError(f"{label} {item!r}: node {ids[0]} ({node['class_type']}) has no input {name!r}; "
                                        f"its inputs: {', '.join(sorted(node['inputs']))}.")
         try:
             value = json.loads(raw)
@@ -243,7 +244,7 @@ def apply_overrides(workflow: dict, sets: list[str], notes: list[str] | None = N
             value = raw
         link = node["inputs"][name]
         if isinstance(link, list) and len(link) == 2 and notes is not None:
-            notes.append(f"--set {item}: {node['class_type']}.{name} now takes this value instead of node "
+            notes.append(f"{label} {item}: {node['class_type']}.{name} now takes this value instead of node "
                          f"{link[0]}'s output {link[1]}")
         node["inputs"][name] = value
     return wf
