@@ -450,8 +450,9 @@ def run(server: str, workflow_path: str, image: str | None, videos: list[str], o
 # a private, headless ComfyUI for one run
 
 
-def find_comfyui(explicit: str | None = None) -> str:
-    """The ComfyUI folder to start: ``explicit``, or the ComfyUI whose ``custom_nodes/`` holds this pack."""
+def find_comfyui(explicit: str | None = None, pack_dir: str | None = None, missing: str | None = None) -> str:
+    """The ComfyUI folder to start: ``explicit``, or the ComfyUI whose ``custom_nodes/`` holds this pack
+    (``pack_dir``, default the pack's own folder). ``missing``: the message when there is neither."""
     if explicit:
         folder = os.path.abspath(os.path.expanduser(explicit))
         if not os.path.isdir(folder):
@@ -460,14 +461,14 @@ def find_comfyui(explicit: str | None = None) -> str:
             raise FantasyPortraitError(f"{folder} is not a ComfyUI folder (it has no main.py and comfy/): give the "
                                        "folder that holds ComfyUI's main.py.")
         return folder
-    from . import PACK_DIR as pack
+    from . import PACK_DIR
 
-    parent = os.path.dirname(pack)
+    parent = os.path.dirname(pack_dir or PACK_DIR)
     if os.path.basename(parent) == "custom_nodes" and os.path.isfile(os.path.join(parent, "..", "main.py")):
         return os.path.abspath(os.path.join(parent, ".."))
-    raise FantasyPortraitError(
+    raise FantasyPortraitError(missing or (
         "No ComfyUI to start: this pack is not inside a ComfyUI's custom_nodes/ folder. Give --comfyui DIR (a "
-        "ComfyUI with this pack in its custom_nodes/) or --server URL (a running ComfyUI).")
+        "ComfyUI with this pack in its custom_nodes/) or --server URL (a running ComfyUI)."))
 
 
 def _free_port() -> int:

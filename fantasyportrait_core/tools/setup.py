@@ -22,7 +22,7 @@ from typing import Callable
 from ..errors import FantasyPortraitError, require
 from ..sizing import RESOLUTIONS
 from . import PACK_DIR, file_sha256
-from .runner import comfyui_python
+from .runner import comfyui_python, load_workflow
 
 PACK_NAME = "ComfyUI-FantasyPortrait"
 WAN = "Comfy-Org/Wan_2.1_ComfyUI_repackaged"
@@ -75,11 +75,9 @@ NO_COMFYUI = ("Install ComfyUI first, e.g. with comfy-cli (`pip install comfy-cl
 def find_comfyui(explicit: str | None) -> str:
     from .runner import find_comfyui as find
 
-    if not explicit and os.path.basename(os.path.dirname(PACK_DIR)) != "custom_nodes":
-        raise FantasyPortraitError(f"No ComfyUI found: this pack ({PACK_DIR}) is not inside a ComfyUI's "
-                                   f"custom_nodes/ folder and no --comfyui DIR was given.\n{NO_COMFYUI}")
     try:
-        return find(explicit)
+        return find(explicit, PACK_DIR, f"No ComfyUI found: this pack ({PACK_DIR}) is not inside a ComfyUI's "
+                                        "custom_nodes/ folder and no --comfyui DIR was given.")
     except FantasyPortraitError as exc:
         raise FantasyPortraitError(f"{exc}\n{NO_COMFYUI}") from None
 
@@ -426,9 +424,11 @@ def run_setup(comfyui: str | None = None, python: str | None = None, variant: st
     say("all model files are in place")
     unet = files[0].name
     workflow = os.path.join(pack, "workflows", "api", "fantasyportrait_single_api.json")
-    extra = "" if unet == "wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors" else f" --set 1.unet_name={unet}"
-    if resolution == "720p":
-        extra += " --set 24.resolution=720p"
+    shipped = load_workflow(workflow)  # the shipped graph's own model file and resolution
+    extra = "" if unet in [n["inputs"].get("unet_name") for n in shipped.values()] else \
+        f" --set UNETLoader.unet_name={unet}"
+    if resolution not in [n["inputs"].get("resolution") for n in shipped.values()]:
+        extra += f" --set FantasyPortraitOutputSize.resolution={resolution}"
     say("animate a portrait (the released examples are man.jpeg and jgz.mp4 in the FantasyPortrait repository's "
         "assert/ folder):")
     say(f"  fantasyportrait run --comfyui {comfy_dir} --workflow {workflow} --image portrait.jpg --video driving.mp4 "
