@@ -154,9 +154,9 @@ class FantasyPortraitMultiCombine(io.ComfyNode):
         portrait = frames_to_uint8(image[:1])[0]
         boxes = portrait_faces(portrait, face_models.detector)  # combine() refuses a count that differs
         faces = map_boxes_to_output(boxes, (portrait.shape[1], portrait.shape[0]), (width, height))
+        order = parse_mapping(mapping, len(drivers))  # face i is driven by drivers[order[i]]
         out = combine([d.embeds.windows for d in drivers], [d.driver_boxes for d in drivers], faces, width,
-                      height, parse_mapping(mapping, len(drivers)), background,
-                      parse_strengths(strengths, len(drivers)))
+                      height, order, background, parse_strengths(strengths, len(drivers)))
         for note in out["notes"]:
             log.warning("FantasyPortrait: %s", note)
         fps = {d.fps for d in drivers if d.fps}
@@ -165,7 +165,7 @@ class FantasyPortraitMultiCombine(io.ComfyNode):
                         "some drivers play faster or slower. Resample the clips to one rate first.", sorted(fps))
         t_lat = out["windows"].shape[1]
         frames, per_frame = frame_count_of_latent(t_lat), drivers[0].embeds.tokens_per_frame
-        tokens = torch.cat([d.embeds.tokens[:, :frames * per_frame] for d in drivers])
+        tokens = torch.cat([drivers[i].embeds.tokens[:, :frames * per_frame] for i in order])  # face order, as windows
         embeds = PortraitEmbeds(tokens=tokens, windows=out["windows"], num_frames=frames, tokens_per_frame=per_frame)
         resized = comfy.utils.common_upscale(image[:1].movedim(-1, 1), width, height, "bilinear", "center")
         resized = resized.movedim(1, -1)
