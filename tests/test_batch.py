@@ -71,6 +71,21 @@ def batch(jobs, fakes, **kw):
     return code, "\n".join(said)
 
 
+def batch_watched(jobs, fakes, step):
+    """``batch`` while ``step()`` is called every 5 ms on a thread, until it returns True or the batch ends."""
+    finished = threading.Event()
+
+    def loop():
+        while not finished.is_set() and not step():
+            time.sleep(0.005)
+
+    threading.Thread(target=loop, daemon=True).start()
+    try:
+        return batch(jobs, fakes)
+    finally:
+        finished.set()
+
+
 def manifest(path):
     return [json.loads(line) for line in open(path)]
 
@@ -159,21 +174,16 @@ def test_missing_model_files_on_a_server_are_reported_before_queueing(media, ser
 def test_a_killed_server_loses_no_job(media, servers):
     fakes = servers(2, seconds=0.4)
     jobs = write_jobs(media / "jobs.csv", SIX)
-    killed, finished = {}, threading.Event()
+    killed = {}
 
-    def watch():  # kill the second server once it has finished a job and is running another
-        while not killed and not finished.is_set():
-            done = len(fakes[1].executed)  # read first: the running job may finish meanwhile
-            if done and fakes[1].running:
-                killed["at"] = done
-                fakes[1].kill()
-            time.sleep(0.005)
+    def kill_second():  # once it has finished a job and is running another
+        done = len(fakes[1].executed)  # read first: the running job may finish meanwhile
+        if done and fakes[1].running:
+            killed["at"] = done
+            fakes[1].kill()
+        return bool(killed)
 
-    threading.Thread(target=watch, daemon=True).start()
-    try:
-        code, said = batch(jobs, fakes)
-    finally:
-        finished.set()
+    code, said = batch_watched(jobs, fakes, kill_second)
     assert code == 0, said
     assert "lost   " in said and "goes to another server" in said
     records = manifest(media / "outputs" / "manifest.jsonl")
@@ -185,20 +195,13 @@ def test_a_killed_server_loses_no_job(media, servers):
 def test_a_restarted_server_is_noticed_and_its_prompts_rerun(media, servers):
     fakes = servers(1, seconds=0.5)
     jobs = write_jobs(media / "jobs.csv", SIX[:3])
-    restarted, finished = {}, threading.Event()
+    def restart():
+        if fakes[0].running:
+            fakes[0].forget()  # restarted between two polls: the prompt vanished
+            return True
+        return False
 
-    def watch():
-        while not restarted and not finished.is_set():
-            if fakes[0].running:
-                restarted["yes"] = True
-                fakes[0].forget()  # restarted between two polls: the prompt vanished
-            time.sleep(0.005)
-
-    threading.Thread(target=watch, daemon=True).start()
-    try:
-        code, said = batch(jobs, fakes)
-    finally:
-        finished.set()
+    code, said = batch_watched(jobs, fakes, restart)
     assert code == 0, said
     assert "is no longer known" in said
     assert [r["status"] for r in manifest(media / "outputs" / "manifest.jsonl")] == ["done"] * 3

@@ -211,8 +211,7 @@ def _private_server_options(cmd) -> None:
                      help="the ComfyUI to start when there is no --server (default: the one whose custom_nodes/ "
                           "holds this pack)")
     cmd.add_argument("--comfyui-python", metavar="PY",
-                     help="Python of that ComfyUI (default: its venv/.venv or portable Python, else the one running "
-                          "this command)")
+                     help="Python of that ComfyUI (default: its venv or portable Python, else this one)")
     cmd.add_argument("--comfyui-arg", action="append", default=[], metavar="ARG",
                      help="extra argument for that ComfyUI's main.py, repeatable (e.g. --comfyui-arg=--lowvram)")
 
