@@ -4,7 +4,13 @@ A driving clip is read through :class:`DrivingFrames`: the frames that are used 
 length, after retiming to a target fps) are given one at a time, each time the frames are iterated;
 decoding stops after the last used frame, and only the used frames are converted. Nothing holds the
 whole clip, so memory does not grow with the clip's length; the frames
-stay at the source resolution because the released face models work on the full frame.
+stay at the source resolution (or a crop of it) because the released face models work on the full frame.
+
+An edited clip (newer ComfyUI's Trim Video / Crop Video / Load Video's edit input, which keep the raw
+file and a trim window and crop beside it) is read on its ``window`` (seconds, with the host's rule: the
+frames whose timestamps lie in ``[start, start + duration)``, duration 0 = to the end) and its ``crop``
+(a pixel rectangle, clamped and even-aligned as the host does), so the frames equal the host's decode of
+that VIDEO without decoding the rest of the file.
 """
 
 from __future__ import annotations
@@ -93,7 +99,8 @@ class DrivingFrames(Sequence):
     """
 
     def __init__(self, source, start: int = 0, length: int = RELEASED_LENGTH, fps: float | None = None,
-                 name: str | None = None):
+                 name: str | None = None, window: tuple[float, float] | None = None,
+                 crop: tuple[int, int, int, int] | None = None):
         if isinstance(source, (str, os.PathLike)):
             name = name or os.path.basename(source)
         self.source, self.name = source, name or "the driving video"
@@ -104,31 +111,58 @@ class DrivingFrames(Sequence):
         with _open(source, self.name) as container:
             stream = _video_stream(container, self.name)
             self.source_fps = float(stream.average_rate or stream.guessed_rate or 25.0)
-            self.source_frames = self._count(container, stream)
+            pts, self._time_base = self._frame_pts(container, stream)
+            size = (stream.width, stream.height)
+        self.source_frames = len(pts)
         if self.source_frames == 0:
             raise FantasyPortraitError(f"{self.name} contains no video frames: it is empty or incomplete.")
+        self._pts = pts  # presentation timestamp of every frame (None when the file has none)
+        first, count = self._trim(window)
+        self.crop = crop_rect(crop, *size) if crop is not None else None
+        self.size = self.crop[2:] if self.crop is not None else size  # (width, height) of the frames given
         retime = fps is not None and abs(fps - self.source_fps) > 1e-3
-        idx = (resample_indices(self.source_frames, self.source_fps, fps) if retime
-               else np.arange(self.source_frames))
+        idx = first + (resample_indices(count, self.source_fps, fps) if retime else np.arange(count))
         self.fps = float(fps) if retime else self.source_fps
         if start >= len(idx):
             raise FantasyPortraitError(
                 f"start_frame {start} is past the end of {self.name}, which has {len(idx)} frames at {self.fps:g} "
-                "fps: lower start_frame.")
+                f"fps{self._trim_note}: lower start_frame.")
         self.indices = idx[start:start + length] if length else idx[start:]
 
     @staticmethod
-    def _count(container, stream) -> int:
-        count = 0
-        for packet in container.demux(stream):
-            if packet.size:
-                count += 1
-        return count
+    def _frame_pts(container, stream):
+        """Presentation timestamps of the frames and their time base, from the container's packets (nothing
+        is decoded): decoded frames come out in presentation order, so frame i has the i-th smallest one."""
+        pts = [packet.pts for packet in container.demux(stream) if packet.size]
+        if any(p is None for p in pts) or stream.time_base is None:
+            return [None] * len(pts), None
+        return sorted(pts), stream.time_base
+
+    def _trim(self, window) -> tuple[int, int]:
+        """First frame and frame count of the trim window (the whole clip without one), by the host's rule:
+        timestamps from ``int(start / time_base)`` on, before ``int((start + duration) / time_base)``."""
+        self._trim_note = ""
+        if window is None or (not window[0] and not window[1]):
+            return 0, len(self._pts)
+        begin, seconds = float(window[0]), float(window[1])
+        self._trim_note = f" in its trim window ({begin:g} s" + (f" for {seconds:g} s)" if seconds else " on)")
+        if self._time_base is None:
+            raise FantasyPortraitError(f"{self.name} is trimmed, but its frames carry no timestamps: re-encode it "
+                                       "(e.g. as MP4) or feed its frames as images.")
+        lo = int(begin / self._time_base)
+        hi = int((begin + seconds) / self._time_base) if seconds else None
+        inside = [i for i, p in enumerate(self._pts) if p >= lo and (hi is None or p < hi)]
+        if not inside:
+            raise FantasyPortraitError(f"{self.name} has no frame{self._trim_note}: widen the trim (Trim Video / "
+                                       "Load Video's edit).")
+        return inside[0], len(inside)
 
     @property
     def start_seconds(self) -> float:
-        """Time of the first used frame in the source clip."""
-        return float(self.indices[0]) / self.source_fps
+        """Time of the first used frame in the source clip (its timestamp, as the host trims audio by)."""
+        if self._time_base is None:
+            return float(self.indices[0]) / self.source_fps
+        return float(self._pts[self.indices[0]] * self._time_base)
 
     @property
     def duration(self) -> float:
@@ -165,6 +199,9 @@ class DrivingFrames(Sequence):
                     if i < order[pos]:
                         continue
                     rgb = frame.to_ndarray(format="rgb24")
+                    if self.crop is not None:
+                        x, y, w, h = self.crop
+                        rgb = np.ascontiguousarray(rgb[y:y + h, x:x + w])
                     while pos < len(order) and order[pos] == i:
                         yield rgb
                         pos, produced = pos + 1, produced + 1
@@ -182,6 +219,22 @@ class DrivingFrames(Sequence):
     def read(self) -> np.ndarray:
         """All used frames as one ``[F, H, W, 3]`` array (for short clips)."""
         return np.stack(list(self))
+
+
+def crop_rect(crop, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """A crop ``(x, y, w, h)`` of a ``width`` x ``height`` frame as ComfyUI's Crop Video applies it: the
+    corner clamped into the frame and made even, the size clamped to the frame and made even; None when
+    the rectangle is empty or the whole frame."""
+    x, y, w, h = (int(v) for v in crop)
+    if w <= 0 or h <= 0:
+        return None
+    x, y = max(0, min(x, width - 1)), max(0, min(y, height - 1))
+    x, y = x - x % 2, y - y % 2
+    w, h = min(w, width - x), min(h, height - y)
+    if (x, y, w, h) == (0, 0, width, height):
+        return None
+    w, h = w - w % 2, h - h % 2
+    return (x, y, w, h) if w > 0 and h > 0 else None
 
 
 def read_video(path: str, max_frames: int | None = None, fps: float | None = None) -> Clip:

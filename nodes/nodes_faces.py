@@ -17,10 +17,32 @@ LENGTH_MAX = 100_001  # frames of a driving window (4k+1): over an hour at 25 fp
 
 
 def _video_source(video):
-    """A VIDEO read from a file (Load Video) -> what PyAV can open (a path or a BytesIO), without decoding
-    its frames; None for a VIDEO made from frames (e.g. Create Video), whose frames are used as they are
-    (its ``get_stream_source`` would encode the whole clip first)."""
-    return video.get_stream_source() if isinstance(video, InputImpl.VideoFromFile) else None
+    """A VIDEO read from a file (Load Video, Trim Video, Crop Video) -> what DrivingFrames streams: the file
+    (a path or a BytesIO, as PyAV opens it), its trim window and its crop; None for any other VIDEO (e.g.
+    Create Video's, made from frames), whose frames the host decodes itself (``get_components``).
+
+    Newer releases keep edits beside the raw file (Comfy-Org/ComfyUI 0c6cfff6,
+    ``comfy_api/latest/_input_impl/video_types.py``: ``VideoFromFile(file, start_time=, duration=, crop=)``,
+    ``get_active_trim_window()``, ``as_trimmed``/``as_cropped``), while ``get_stream_source()`` still returns
+    the whole file. The trim window has a public getter; the crop has none, so it is read from the
+    instance and checked against the VIDEO's own ``get_dimensions()``: a VIDEO whose size differs from
+    what would be streamed is decoded by the host instead (correct, but all its frames in memory)."""
+    if not isinstance(video, InputImpl.VideoFromFile):
+        return None
+    window = video.get_active_trim_window() if hasattr(video, "get_active_trim_window") else None
+    crop = getattr(video, "_VideoFromFile__crop", None)
+    return video.get_stream_source(), window, crop
+
+
+def _streamed(video, frames) -> bool:
+    """Whether ``frames`` (DrivingFrames of ``video``'s file) are the frames the host would give."""
+    size = tuple(video.get_dimensions())
+    if size == tuple(frames.size):
+        return True
+    log.warning("FantasyPortrait: this VIDEO is %sx%s but its file streams as %sx%s (an edit this ComfyUI keeps in a "
+                "way the pack does not know); its frames are decoded by ComfyUI instead, all in memory.",
+                *size, *frames.size)
+    return False
 
 
 def _audio_window(audio, start_seconds: float, seconds: float | None):
@@ -81,13 +103,18 @@ class FantasyPortraitFaceTracker(io.ComfyNode):
         check_clip_length(length, "length")
         audio, rate, source = None, DEFAULT_FPS, None
         if video is not None:
-            source = _video_source(video)
-            if source is None:  # a VIDEO made from frames: they are all in memory already
+            stream = _video_source(video)
+            if stream is not None:
+                source, window, crop = stream
+                frames = DrivingFrames(source, start_frame, length, fps or None, name="the driving video",
+                                       window=window, crop=crop)
+                if not _streamed(video, frames):
+                    source = None
+            if source is None:  # a VIDEO made from frames (they are all in memory already), or an unknown edit
                 components = video.get_components()
                 images, rate = components.images, float(components.frame_rate)
                 audio = _audio_window(components.audio, start_frame / rate, length / rate if length else None)
             else:
-                frames = DrivingFrames(source, start_frame, length, fps or None, name="the driving video")
                 rate = frames.fps
                 audio = read_audio(source, frames.start_seconds, frames.duration, "the driving video")
         elif images is None:

@@ -16,10 +16,16 @@ if os.environ.get("FANTASYPORTRAIT_REQUIRE_COMFYUI") and not HAVE_COMFYUI:
     # CI sets this: a missing host must fail the run, not silently skip the real-ComfyUI tests
     raise pytest.UsageError(f"FANTASYPORTRAIT_REQUIRE_COMFYUI is set but COMFYUI_DIR ({COMFYUI_DIR!r}) is not a "
                             "ComfyUI checkout; build one with ../shared/host/setup-comfyui.sh")
-requires_comfyui = pytest.mark.skipif(
+#: the marks of a test that needs the real host: marker ``comfyui`` (``.ci/run`` runs ``-m comfyui`` again on each
+#: further ComfyUI release) and a skip with the reason when there is no host
+requires_comfyui = [pytest.mark.comfyui, pytest.mark.skipif(
     not HAVE_COMFYUI,
     reason="needs a real ComfyUI: set COMFYUI_DIR to a ComfyUI checkout and COMFYUI_PYTHON to its Python "
-           "(../shared/host/setup-comfyui.sh builds one)")
+           "(../shared/host/setup-comfyui.sh builds one)")]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "comfyui: needs a real ComfyUI (COMFYUI_DIR); run on every tested release")
 
 
 @pytest.fixture(scope="session")
