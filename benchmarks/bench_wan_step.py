@@ -56,7 +56,7 @@ def main():
     from comfy.ldm.wan.model import WanAttentionBlock
 
     from fantasyportrait_pack.fantasyportrait_core.branch.attention import AdapterProjections
-    from fantasyportrait_pack.nodes.wan_patch import PortraitBlockPatch, PortraitState, call_info
+    from fantasyportrait_pack.nodes.wan_patch import PortraitBlockPatch, PortraitState, prepare_call
     from fantasyportrait_pack.fantasyportrait_core.branch.multi import build_mask, query_scales
 
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
@@ -113,7 +113,7 @@ def main():
 
     def portrait(state):
         patch = PortraitBlockPatch(0, state)
-        info = call_info(state, state.current_run(), x.shape[0], x.device, dm)
+        info = prepare_call(state, state.current_run(), x.shape[0], x.device, dm)
 
         def call():
             return patch({"img": x, "txt": ctx, "vec": e, "pe": freqs,

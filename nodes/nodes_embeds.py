@@ -60,7 +60,7 @@ class FantasyPortraitEncode(io.ComfyNode):
     @classmethod
     def execute(cls, adapter, features, person, num_frames, frame_fit, proj_scale, mouth_scale, emo_scale,
                 fps=0.0) -> io.NodeOutput:
-        from .wan_patch import load_managed, managed_module
+        from .managed import load_managed, managed_module
         from ..fantasyportrait_core.video import resample_indices
 
         require_finite(proj_scale=proj_scale, mouth_scale=mouth_scale, emo_scale=emo_scale, fps=fps)
@@ -94,7 +94,7 @@ class FantasyPortraitEncode(io.ComfyNode):
         if boxes is not None:  # the driver's face boxes (for multi-portrait regions), fitted the same way
             boxes = fit_frame_count(torch.from_numpy(np.ascontiguousarray(boxes)), frame_fit,
                                     target=num_frames or None)[0].numpy()
-        encoder, _ = load_managed(managed_module(adapter, "_comfy_encoder", adapter.encoder,
+        encoder, _ = load_managed(managed_module(adapter, "encoder", lambda: adapter.encoder,
                                                  comfy.model_management.get_torch_device()))
         embeds = encode_features(encoder, feats, GroupScales(proj_scale, mouth_scale, emo_scale),
                                  progress=Progress(feats.shape[1]))

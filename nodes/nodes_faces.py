@@ -160,11 +160,11 @@ class FantasyPortraitExpressionExtractor(io.ComfyNode):
 
     @classmethod
     def execute(cls, face_models, tracks, fps=0.0) -> io.NodeOutput:
-        from .wan_patch import load_managed, managed_module
+        from .managed import load_managed, managed_module
 
         require_finite(fps=fps)
         t, crops = tracks.tracks, tracks.crops.reshape(-1, 224, 224, 3)
-        encoder, device = load_managed(managed_module(face_models, "_comfy_motion", face_models.motion_encoder,
+        encoder, device = load_managed(managed_module(face_models, "motion_encoder", lambda: face_models.motion_encoder,
                                                       face_models.device))
         feats = encode_crops(encoder, crops, device=device, progress=Progress(len(crops)))
         rate = fps or tracks.fps or DEFAULT_FPS

@@ -72,7 +72,7 @@ class FantasyPortraitApply(io.ComfyNode):
 
 
 def _guider(model, positive, negative, cfg, portrait_cfg):
-    from .wan_patch import PortraitGuider
+    from .guidance import PortraitGuider
 
     guider = PortraitGuider(model)
     guider.set_cfg(cfg, portrait_cfg)

@@ -1,56 +1,60 @@
 """The portrait branch inside ComfyUI's native Wan model (imported only inside ComfyUI).
 
-* :func:`apply_portrait` returns a patched clone of the user's MODEL. Every Wan block gets a
-  ``("dit", "double_block", i)`` replace patch that runs the host's **own** block
-  (``original_block``) with two temporary hooks on that block's cross-attention: one keeps the
-  query (the output of ``cross_attn.norm_q``), the other adds the adapter's attention to the input
-  of ``cross_attn.o``, exactly where the released model adds it. Whatever a ComfyUI version does
-  inside the block (extra patches, attention options, LoRA, fp8, offloading) still happens.
-* Window K/V are projected per block call (0.2% of a step's FLOPs at 480p x 81 frames), so between
-  block calls the branch keeps only the token windows and the mask on the device; the K/V
-  projection weights live in their own ModelPatcher, which ComfyUI loads, offloads and counts.
-* A ``DIFFUSION_MODEL`` wrapper hands the per-call information (which batch rows carry the
-  portrait, whether the current sigma is inside start/end percent, which latent frames a context
-  window covers) to the block patches; an ``OUTER_SAMPLE`` wrapper checks the embeds against the
-  latent being sampled and converts start/end percent with the model sampling in effect then.
+:func:`apply_portrait` returns a patched clone of the user's MODEL:
+
+* every Wan block gets a ``("dit", "double_block", i)`` replace patch (:class:`PortraitBlockPatch`) that runs
+  the host's **own** block (``original_block``) with two temporary hooks on that block's cross-attention: one
+  keeps the query (the output of ``cross_attn.norm_q``), the other adds the adapter's attention to the input
+  of ``cross_attn.o``, exactly where the released model adds it. Whatever a ComfyUI release does inside the
+  block (attn1/attn2 patches, attention options, LoRA, fp8, offloading) still happens;
+* a ``DIFFUSION_MODEL`` wrapper prepares, once per model call, what the 40 block patches of that call share
+  (:class:`PortraitCall`); an ``OUTER_SAMPLE`` wrapper checks the embeds against the latent being sampled and
+  starts a :class:`PortraitRun` (the sigma range of start/end percent, the small tensors kept on the device).
   Both sit under one key, so applying the portrait again replaces it instead of nesting.
-* :class:`PortraitGuider` implements the released guidance with a separate portrait scale through
-  ComfyUI's CFG functions, so other guidance patches (RescaleCFG, CFGZeroStar, APG, ...) still apply.
+
+Why a replace patch and not ``attn2_patch``: newer releases call ``attn2_patch`` with ``{"x", ...}`` *after*
+``x = x + cross_attn(...)`` (Comfy-Org/ComfyUI 0c9a69ae ``comfy/ldm/wan/model.py``, ``WanAttentionBlock.forward``),
+i.e. after ``cross_attn.o``; the released model adds the branch *before* ``o`` and needs the block's own query,
+which that patch is not given. Recomputing ``norm_q(q(norm3(x)))`` there and adding ``o.weight @ branch`` would
+be exact only without LoRA/fp8 scaling on ``o``'s input and costs a second query projection, so the replace
+patch stays; it is the one contract packs cannot chain (a second replace patch on the same block wins).
+
+Window K/V are projected per block call (0.2% of a step's FLOPs at 480p x 81 frames), so between block calls
+only the token windows, the mask and per-token strengths stay on the device; the K/V projection weights are
+a managed model of their own (:mod:`.managed`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import torch
 
-import comfy.conds
 import comfy.ldm.wan.model
 import comfy.model_management
-import comfy.model_patcher
 import comfy.patcher_extension
-import comfy.samplers
 
 from ..fantasyportrait_core.branch.attention import AdapterProjections, adapter_cross_attention, project_window_kv
 from ..fantasyportrait_core.errors import FantasyPortraitError, require_finite
 from ..fantasyportrait_core.tokens.windows import check_latent_fit
+from .managed import managed_module
 
 log = logging.getLogger("FantasyPortrait")
 
 WRAPPER_KEY = "fantasyportrait"
-SCALE_COND = "fantasyportrait_scale"
+PORTRAIT_ON_COND = "fantasyportrait_on"  # per-row model cond: 1 = this row carries the portrait, 0 = not
 I2V_IN_DIM = 36  # 16 noise + 4 mask + 16 image-latent channels
 
 
 class PortraitState:
     """What every block patch and every clone of one patched model shares (never copied)."""
 
-    def __init__(self, projections: comfy.model_patcher.ModelPatcher, windows: torch.Tensor,
-                 mask: torch.Tensor | None, strength: float, start_percent: float, end_percent: float,
-                 num_heads: int, query_scale: torch.Tensor | None = None, grid: tuple[int, int] | None = None,
-                 size: tuple[int, int] | None = None):
-        self.projections = projections
+    def __init__(self, projections, windows: torch.Tensor, mask: torch.Tensor | None, strength: float,
+                 start_percent: float, end_percent: float, num_heads: int, query_scale: torch.Tensor | None = None,
+                 grid: tuple[int, int] | None = None, size: tuple[int, int] | None = None):
+        self.projections = projections  # the managed AdapterProjections (ModelPatcher)
         self.windows = windows          # [1, T_lat, W, C] float32, cpu
         self.mask = mask                # [T_lat, L, W] bool (or [L, W]) or None
         self.query_scale = query_scale  # [L] per-token multiplier (per-person strengths) or None
@@ -76,12 +80,15 @@ class PortraitState:
 
 
 class PortraitRun:
-    """Per-sampling-run data: the sigma range and the small tensors kept on the compute device."""
+    """One sampling run: its sigma range, the context windows' retained latent frames, and the small tensors
+    kept on each compute device. Cond batches may run in threads, one per device (Comfy-Org/ComfyUI e0d4ea77
+    ``comfy/samplers.py``, ``_calc_cond_batch_multigpu``), so each device holds its own copy."""
 
-    def __init__(self, state: PortraitState, sigma_start: float, sigma_end: float):
+    def __init__(self, state: PortraitState, sigma_start: float, sigma_end: float, retained: tuple = ()):
         self.state = state
         self.sigma_start, self.sigma_end = sigma_start, sigma_end
-        self._held: dict = {}
+        self.retained = retained  # latent_retain_index_list of the run's context handler
+        self._held: dict = {}  # (name, device) -> tensor
 
     def active(self, sigma) -> bool:
         if sigma is None:
@@ -90,11 +97,12 @@ class PortraitRun:
         return self.sigma_end <= s <= self.sigma_start
 
     def _on(self, name, tensor, device, dtype=None):
-        key = (name, device, dtype)
-        held = self._held.get(name)
-        if held is None or held[0] != key:
-            self._held[name] = (key, tensor.to(device=device, dtype=dtype) if dtype else tensor.to(device))
-        return self._held[name][1]
+        key = (name, torch.device(device))
+        held = self._held.get(key)
+        if held is None or (dtype is not None and held.dtype != dtype):
+            held = tensor.to(device=device, dtype=dtype) if dtype else tensor.to(device)
+            self._held[key] = held  # one copy per device (a new dtype replaces it)
+        return held
 
     def windows(self, device, dtype):
         return self._on("windows", self.state.windows, device, dtype)
@@ -111,9 +119,10 @@ class PortraitRun:
         qs = self.state.query_scale
         return None if qs is None else self._on("query_scale", qs, device)
 
-    def held_bytes(self) -> int:
-        """Bytes this run keeps on its devices between block calls."""
-        return sum(t.numel() * t.element_size() for _, t in self._held.values())
+    def held_bytes(self, device=None) -> int:
+        """Bytes this run keeps between block calls (on ``device``, or on all devices)."""
+        return sum(t.numel() * t.element_size() for (_, on), t in self._held.items()
+                   if device is None or on == torch.device(device))
 
     def kv(self, index: int, frames, device, dtype):
         """Keys and values of block ``index`` for the given latent frames (all if None), made now."""
@@ -126,8 +135,65 @@ class PortraitRun:
         return project_window_kv(windows, k, v)
 
 
+@dataclass
+class PortraitCall:
+    """What the block patches of one model call share, prepared once per call (not once per block)."""
+
+    run: PortraitRun
+    diffusion_model: torch.nn.Module  # the call's WanModel (on its own device when cond batches are threaded)
+    frames: list | None = None  # global latent frames of a context window's call (None: all, in order)
+    video: slice | None = None  # the video tokens in the block's sequence (None: every token is one)
+    scale: torch.Tensor | None = None  # per-row portrait strength [B] (0 = row without the portrait)
+    rows: torch.Tensor | None = None  # rows with a non-zero strength; None = the branch is off for this call
+    mask: torch.Tensor | None = None  # on the call's device, cut to ``frames``
+    query_scale: torch.Tensor | None = None  # per-token strengths, on the call's device
+
+    @property
+    def active(self) -> bool:
+        return self.rows is not None
+
+    def branch(self, index: int, q: torch.Tensor, num_heads: int) -> torch.Tensor:
+        """The adapter output of block ``index`` for the block's query ``q`` (zero outside the video tokens
+        and in rows without the portrait)."""
+        k, v = self.run.kv(index, self.frames, q.device, q.dtype)
+        video = self.video or slice(0, q.shape[1])
+        if self.rows.numel() == q.shape[0] and video == slice(0, q.shape[1]):
+            return adapter_cross_attention(q, k, v, num_heads, self.scale.to(q.dtype), self.mask, self.query_scale)
+        out = torch.zeros_like(q)
+        out[self.rows, video] = adapter_cross_attention(q[self.rows, video], k, v, num_heads,
+                                                        self.scale[self.rows].to(q.dtype), self.mask, self.query_scale)
+        return out
+
+
+def prepare_call(state: PortraitState, run: PortraitRun, batch: int, device, diffusion_model, on=None, frames=None,
+                 video: slice | None = None, active: bool = True) -> PortraitCall:
+    """The :class:`PortraitCall` of one model call: ``on`` is the per-row on/off cond (None = on), ``frames``
+    a context window's latent frames, ``video`` where the video tokens sit; the branch is off outside
+    start/end percent (``active``), at strength 0 and when no row carries the portrait."""
+    call = PortraitCall(run, diffusion_model, frames, video)
+    if not active or state.strength == 0:
+        return call
+    scale = torch.ones(batch) if on is None else on.to(device="cpu", dtype=torch.float32)
+    scale = scale.reshape(-1) * state.strength
+    rows = torch.nonzero(scale).flatten()
+    if rows.numel() == 0:
+        return call
+    scale, rows = scale.to(device), rows.to(device)
+    mask = run.mask(device)
+    if frames is not None and mask is not None:
+        mask = mask[frames]
+    call.scale, call.rows, call.mask, call.query_scale = scale, rows, mask, run.query_scale(device)
+    return call
+
+
 class PortraitBlockPatch:
-    """Replace patch of one Wan block: the host's block with the adapter added before ``cross_attn.o``."""
+    """Replace patch of Wan block ``index``: the host's block with the adapter added before ``cross_attn.o``.
+
+    The patch protocol of ModelPatcher: it calls ``to(device)`` on every patch before sampling
+    (``model_patches_to``) and loads what ``models()`` returns together with the model
+    (``model_patches_models``). This patch keeps no tensor of its own (K/V are cast per call), so ``to``
+    returns it unchanged; the projections are declared once, by block 0's patch, so ComfyUI counts them once.
+    """
 
     def __init__(self, index: int, state: PortraitState):
         self.index = index
@@ -137,33 +203,20 @@ class PortraitBlockPatch:
         return self
 
     def __call__(self, args, extra):
-        info = args["transformer_options"].get(WRAPPER_KEY)
-        if info is None or not info["active"]:
+        call = args["transformer_options"].get(WRAPPER_KEY)
+        if call is None or not call.active:
             return extra["original_block"](args)
-        state, run, frames, rows = self.state, info["run"], info["frames"], info["rows"]
-        scale, mask, query_scale = info["scale"], info["mask"], info["query_scale"]
-
-        def branch(q):
-            k, v = run.kv(self.index, frames, q.device, q.dtype)
-            if rows.numel() == q.shape[0]:
-                return adapter_cross_attention(q, k, v, state.num_heads, scale.to(q.dtype), mask, query_scale)
-            out = torch.zeros_like(q)
-            out[rows] = adapter_cross_attention(q[rows], k, v, state.num_heads, scale[rows].to(q.dtype), mask,
-                                                query_scale)
-            return out
-
-        cross_attn = info["diffusion_model"].blocks[self.index].cross_attn
-        seen = {}
+        cross_attn = call.diffusion_model.blocks[self.index].cross_attn
+        queries, added = [], []  # the query of this block's cross-attention, kept between the two hooks
 
         def keep_query(module, inputs, output):
-            seen["q"] = output
+            queries.append(output)
 
         def add_branch(module, inputs):
-            q = seen.pop("q", None)
-            if q is None or "added" in seen:
+            if not queries or added:
                 return None
-            seen["added"] = True
-            return (inputs[0] + branch(q),) + tuple(inputs[1:])
+            added.append(True)
+            return (inputs[0] + call.branch(self.index, queries.pop(), self.state.num_heads),) + tuple(inputs[1:])
 
         hooks = [cross_attn.norm_q.register_forward_hook(keep_query),
                  cross_attn.o.register_forward_pre_hook(add_branch)]
@@ -172,7 +225,7 @@ class PortraitBlockPatch:
         finally:
             for hook in hooks:
                 hook.remove()
-        if "added" not in seen:
+        if not added:
             raise FantasyPortraitError(
                 "This ComfyUI version's Wan block did not compute its cross-attention through cross_attn.norm_q and "
                 "cross_attn.o, so the portrait could not be added. Please report your ComfyUI version.")
@@ -185,12 +238,18 @@ class PortraitBlockPatch:
         return [self.state.projections] if self.index == 0 else []
 
 
-def _window_frames(window, latent_frames: int, call_frames: int):
-    """Latent frames of a context window's model call, including an anchor frame a host prepends."""
+def window_frames(window, latent_frames: int, call_frames: int, retained=()) -> list:
+    """Global latent frames of a context window's model call, in the order of its latent: an anchor frame the
+    host puts first (``window.causal_anchor_index``), then ``window.index_list``; a retained position ``i``
+    (the handler's ``latent_retain_index_list``) holds global frame ``i`` (Comfy-Org/ComfyUI
+    ``comfy/context_windows.py``, ``IndexListContextWindow.get_tensor``: ``window[i] = full[i]``)."""
     frames = [i % latent_frames for i in window.index_list]
     anchor = getattr(window, "causal_anchor_index", None)
     if anchor is not None and anchor >= 0:
         frames = [anchor % latent_frames] + frames
+    for i in retained:
+        if 0 <= i < min(len(frames), latent_frames):
+            frames[i] = i
     if len(frames) != call_frames:
         raise FantasyPortraitError(
             f"A context window covers {len(frames)} latent frames but its model call has {call_frames}; this context "
@@ -198,24 +257,19 @@ def _window_frames(window, latent_frames: int, call_frames: int):
     return frames
 
 
-def call_info(state: PortraitState, run: PortraitRun, batch: int, device, diffusion_model, scale=None, frames=None,
-              active: bool = True) -> dict:
-    """What the block patches of one model call share, prepared once per call (not once per block):
-    per-row strengths (``scale``: the per-row on/off cond, None = on), the rows that carry the portrait,
-    and the mask and per-token strengths on the call's device, cut to a context window's ``frames``."""
-    info = {"run": run, "frames": frames, "diffusion_model": diffusion_model, "active": False}
-    if not active or state.strength == 0:
-        return info
-    scale = torch.ones(batch) if scale is None else scale
-    scale = scale.to(device=device, dtype=torch.float32).reshape(-1) * state.strength
-    rows = torch.nonzero(scale).flatten()
-    if rows.numel() == 0:
-        return info
-    mask = run.mask(device)
-    if frames is not None and mask is not None:
-        mask = mask[frames]
-    info.update(active=True, scale=scale, rows=rows, mask=mask, query_scale=run.query_scale(device))
-    return info
+def video_tokens(dm, x: torch.Tensor, kwargs) -> slice:
+    """Where the tokens of the video latent ``x`` sit in the blocks' sequence. Newer releases add tokens beside
+    them (Comfy-Org/ComfyUI 0c9a69ae ``comfy/ldm/wan/model.py``, ``forward_orig``: a ``reference_latent``'s
+    tokens before the video when the model has ``ref_conv``, in-context ``context_latents`` after it,
+    ``time_dim_concat`` frames after the video frames; ``transformer_options["grid_sizes"]`` is the grid with
+    those frames), which the branch leaves as they are."""
+    pt, ph, pw = dm.patch_size
+    count = math.ceil(x.shape[2] / pt) * math.ceil(x.shape[3] / ph) * math.ceil(x.shape[4] / pw)
+    first = 0
+    ref = kwargs.get("reference_latent")
+    if getattr(dm, "ref_conv", None) is not None and ref is not None:
+        first = (ref.shape[-2] // ph) * (ref.shape[-1] // pw)
+    return slice(first, first + count)
 
 
 def _diffusion_model_wrapper(state: PortraitState):
@@ -226,12 +280,13 @@ def _diffusion_model_wrapper(state: PortraitState):
         window = topts.get("context_window")
         frames = None
         if window is not None and getattr(window, "index_list", None) is not None:
-            frames = _window_frames(window, state.latent_frames, x.shape[2])
+            frames = window_frames(window, state.latent_frames, x.shape[2], run.retained)
         elif x.ndim == 5:
             state.check_latent(x.shape)
-        info = call_info(state, run, x.shape[0], x.device, executor.class_obj, kwargs.get(SCALE_COND), frames,
-                         run.active(topts.get("sigmas")))
-        topts = {**topts, WRAPPER_KEY: info}
+        dm = executor.class_obj
+        call = prepare_call(state, run, x.shape[0], x.device, dm, kwargs.get(PORTRAIT_ON_COND), frames,
+                            video_tokens(dm, x, kwargs), run.active(topts.get("sigmas")))
+        topts = {**topts, WRAPPER_KEY: call}
         return executor(x, timestep, context, clip_fea, time_dim_concat, topts, **kwargs)
 
     return wrapper
@@ -243,9 +298,12 @@ def _outer_sample_wrapper(state: PortraitState):
         if len(shape) != 5 and kwargs.get("latent_shapes"):  # newer releases pack several latents into one
             shape = tuple(kwargs["latent_shapes"][0])
         state.check_latent(shape)
-        sampling = executor.class_obj.model_patcher.get_model_object("model_sampling")
+        guider = executor.class_obj
+        sampling = guider.model_patcher.get_model_object("model_sampling")
+        handler = getattr(guider, "model_options", {}).get("context_handler")
         state.run = PortraitRun(state, float(sampling.percent_to_sigma(state.start_percent)),
-                                float(sampling.percent_to_sigma(state.end_percent)))
+                                float(sampling.percent_to_sigma(state.end_percent)),
+                                tuple(getattr(handler, "latent_retain_index_list", None) or ()))
         try:
             return executor(noise, latent_image, *args, **kwargs)
         finally:
@@ -293,11 +351,11 @@ def portrait_state(model) -> PortraitState | None:
     return patch.state if isinstance(patch, PortraitBlockPatch) else None
 
 
-def _projections(adapter, model) -> comfy.model_patcher.ModelPatcher:
-    """One ModelPatcher per adapter and load device, shared by every Apply (weights are never copied)."""
-    held = getattr(adapter, "_comfy_projections", None)
-    module = held.model if held is not None else AdapterProjections(adapter.blocks.weights)
-    return managed_module(adapter, "_comfy_projections", module, model.load_device)
+def _projections(adapter, model):
+    """The adapter's K/V projections as a managed model, one per adapter and load device, shared by every
+    Apply (weights are never copied)."""
+    return managed_module(adapter, "projections", lambda: AdapterProjections(adapter.blocks.weights),
+                          model.load_device)
 
 
 def apply_portrait(model, adapter, windows: torch.Tensor, strength: float = 1.0, start_percent: float = 0.0,
@@ -336,97 +394,3 @@ def apply_portrait(model, adapter, windows: torch.Tensor, strength: float = 1.0,
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY,
                                  _outer_sample_wrapper(state))
     return patched
-
-
-def with_portrait_scale(conditioning, value: float):
-    """Conditioning whose model calls carry the portrait on (1) or off (0)."""
-    out = []
-    for emb, opts in conditioning:
-        opts = opts.copy()
-        model_conds = dict(opts.get("model_conds", {}))
-        model_conds[SCALE_COND] = comfy.conds.CONDRegular(torch.tensor([float(value)]))
-        opts["model_conds"] = model_conds
-        out.append([emb, opts])
-    return out
-
-
-class PortraitGuider(comfy.samplers.CFGGuider):
-    """Released guidance with a separate portrait scale, through ComfyUI's CFG functions.
-
-    * ``portrait_cfg <= 1``: ordinary CFG, the portrait in both passes (released: portrait guidance
-      only when its scale is > 1);
-    * ``cfg == 1``: ``no_port + portrait_cfg * (pos - no_port)`` (2 passes; CFG with ``no_port`` as
-      the unconditional prediction);
-    * otherwise: ``neg + cfg * (no_port - neg) + portrait_cfg * (pos - no_port)`` (3 passes, batched;
-      the text CFG part goes through ComfyUI's CFG functions, as core's DualCFGGuider does),
-    with the portrait off in the negative and ``no_port`` passes. Set-up order does not matter.
-    """
-
-    def __init__(self, model_patcher):
-        if portrait_state(model_patcher) is None:
-            raise FantasyPortraitError(
-                "This MODEL carries no portrait: connect the output of FantasyPortrait Apply (MODEL patch).")
-        super().__init__(model_patcher)
-        self.portrait_cfg = 1.0
-        self._pos = self._neg = None
-
-    def set_cfg(self, cfg, portrait_cfg=None):
-        require_finite(cfg=cfg, portrait_cfg=portrait_cfg)
-        self.cfg = cfg
-        if portrait_cfg is not None:
-            self.portrait_cfg = portrait_cfg
-
-    def set_conds(self, positive, negative):
-        self._pos, self._neg = positive, negative
-
-    @property
-    def portrait_guidance(self) -> bool:
-        return self.portrait_cfg > 1 and not math.isclose(self.portrait_cfg, 1.0)
-
-    def sample(self, *args, **kwargs):
-        if self._pos is None:
-            raise FantasyPortraitError("FantasyPortrait Guider has no conditioning (positive/negative).")
-        guided = self.portrait_guidance
-        self.original_conds = {}
-        self.inner_set_conds({
-            "positive": with_portrait_scale(self._pos, 1.0),
-            "negative": with_portrait_scale(self._neg, 0.0 if guided else 1.0),
-            **({"no_portrait": with_portrait_scale(self._pos, 0.0)} if guided else {}),
-        })
-        return super().sample(*args, **kwargs)
-
-    def predict_noise(self, x, timestep, model_options=None, seed=None):
-        model_options = model_options if model_options is not None else {}
-        pos, neg = self.conds.get("positive"), self.conds.get("negative")
-        if not self.portrait_guidance:
-            return comfy.samplers.sampling_function(self.inner_model, x, timestep, neg, pos, self.cfg,
-                                                    model_options=model_options, seed=seed)
-        nop = self.conds.get("no_portrait")
-        if math.isclose(self.cfg, 1.0) and not model_options.get("disable_cfg1_optimization", False):
-            return comfy.samplers.sampling_function(self.inner_model, x, timestep, nop, pos, self.portrait_cfg,
-                                                    model_options=model_options, seed=seed)
-        conds = [nop, neg, pos]
-        out = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
-        for fn in model_options.get("sampler_pre_cfg_function", []):
-            out = fn({"conds": conds, "conds_out": out, "cond_scale": self.cfg, "timestep": timestep, "input": x,
-                      "sigma": timestep, "model": self.inner_model, "model_options": model_options})
-        text = comfy.samplers.cfg_function(self.inner_model, out[0], out[1], self.cfg, x, timestep,
-                                           model_options=model_options, cond=nop, uncond=neg)
-        return text + self.portrait_cfg * (out[2] - out[0])
-
-
-def managed_module(owner, attr: str, module: torch.nn.Module, load_device) -> comfy.model_patcher.ModelPatcher:
-    """A ModelPatcher for a small model, kept on ``owner`` (one per owner and load device), so that
-    ComfyUI's model management loads, offloads and frees it like any other model."""
-    held = getattr(owner, attr, None)
-    if held is None or held.model is not module or held.load_device != load_device:
-        held = comfy.model_patcher.ModelPatcher(module, load_device=load_device,
-                                                offload_device=comfy.model_management.unet_offload_device())
-        setattr(owner, attr, held)
-    return held
-
-
-def load_managed(patcher: comfy.model_patcher.ModelPatcher):
-    """Load a managed model to its device through ComfyUI; returns the module and the device."""
-    comfy.model_management.load_models_gpu([patcher])
-    return patcher.model, patcher.load_device

@@ -80,14 +80,14 @@ def boot(comfy_dir: str, repo: str) -> types.SimpleNamespace:
 
 def call_block_patch(patch, dm, x, e, freqs, ctx, frames=None, context_img_len=257):
     """Call a portrait block patch as WanModel.forward_orig does (the host's block as original_block)."""
-    from fantasyportrait_pack.nodes.wan_patch import call_info
+    from fantasyportrait_pack.nodes.wan_patch import prepare_call
 
     block = dm.blocks[patch.index]
-    info = call_info(patch.state, patch.state.current_run(), x.shape[0], x.device, dm, frames=frames)
+    call = prepare_call(patch.state, patch.state.current_run(), x.shape[0], x.device, dm, frames=frames)
 
     def original_block(args):
         return {"img": block(args["img"], context=args["txt"], e=args["vec"], freqs=args["pe"],
                              context_img_len=context_img_len, transformer_options=args["transformer_options"])}
 
-    args = {"img": x, "txt": ctx, "vec": e, "pe": freqs, "transformer_options": {"fantasyportrait": info}}
+    args = {"img": x, "txt": ctx, "vec": e, "pe": freqs, "transformer_options": {"fantasyportrait": call}}
     return patch(args, {"original_block": original_block})["img"]

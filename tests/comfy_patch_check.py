@@ -25,6 +25,7 @@ import nodes  # noqa: E402
 from comfy_extras.nodes_custom_sampler import SamplerCustomAdvanced  # noqa: E402
 from comfy_extras.nodes_model_advanced import ModelSamplingSD3, RescaleCFG  # noqa: E402
 from fantasyportrait_pack.fantasyportrait_core.motion.extraction import ExpressionFeatures  # noqa: E402
+from fantasyportrait_pack.nodes import guidance, managed  # noqa: E402
 
 R = {}
 
@@ -151,7 +152,7 @@ def one_step(g_):
 
 def single_pass(scale, cond):
     g_ = comfy.samplers.CFGGuider(applied)
-    g_.set_conds(cw.with_portrait_scale(cond, scale), negative)
+    g_.set_conds(guidance.with_portrait(cond, scale > 0), negative)
     g_.set_cfg(1.0)
     return one_step(g_)
 
@@ -166,7 +167,7 @@ R["portrait_guidance_effect"] = rel(three, neg_off + 3.0 * (pos_on - neg_off))
 R["pcfg_below_one_equals_plain_cfg"] = max_diff(custom(guider(applied, 3.0, 0.5)), ksampler(applied))
 # order of set-up does not matter
 g_a = fp.FantasyPortraitGuider(applied, positive, negative, 3.0, 4.0)[0]
-g_b = cw.PortraitGuider(applied)
+g_b = guidance.PortraitGuider(applied)
 g_b.set_conds(positive, negative)
 g_b.set_cfg(3.0, 4.0)
 R["setup_order_diff"] = max_diff(custom(g_a), custom(g_b))
@@ -230,9 +231,10 @@ R["run_cleared_after_cancel"] = state.run is None
 features = ExpressionFeatures(torch.randn(1, 9, 554, generator=g), None, 25.0)
 fp.FantasyPortraitEncode(adapter, features, 0, 0, "trim", 1.0, 1.0, 1.0)
 loaded = lambda: [m.model for m in comfy.model_management.current_loaded_models]  # noqa: E731
-R["encoder_managed"] = getattr(adapter, "_comfy_encoder", None) in loaded()
+encoder_patcher = managed.managed_module(adapter, "encoder", None, comfy.model_management.get_torch_device())
+R["encoder_managed"] = encoder_patcher.model is adapter.encoder and encoder_patcher in loaded()
 comfy.model_management.unload_all_models()
-R["encoder_freed"] = adapter._comfy_encoder not in loaded()
+R["encoder_freed"] = encoder_patcher not in loaded()
 R["encoder_dtype"] = str(next(adapter.encoder.parameters()).dtype)
 
 # --- context windows: a window's call gets its own frames, with a host's anchor frame first ---
@@ -242,7 +244,7 @@ wrapper = cw._diffusion_model_wrapper(state)
 
 
 def capture(x_, t_, c_, clip_fea, tdc, topts, **kw):
-    frames["anchored"] = topts["fantasyportrait"]["frames"]
+    frames["anchored"] = topts["fantasyportrait"].frames
 
 
 class Exec:

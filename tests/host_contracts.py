@@ -116,3 +116,212 @@ def test_an_unknown_video_edit_falls_back_to_the_hosts_decode(H, faces):
 
     tracks = H.fp.FantasyPortraitFaceTracker(faces, 64, 0, video=OddEdit(clip), length=5)[0]
     assert calls == [1] and tracks.tracks.frame_size == (256, 256) and tracks.tracks.num_frames == 5
+
+
+# --- Wan: tokens beside the video, context windows, devices, model patchers ---------------------------------
+
+def _applied(H, embeds=None, strength=1.0):
+    from fantasyportrait_pack.fantasyportrait_core.branch.conditioning import PortraitConditioning
+
+    portrait = H.portrait if embeds is None else PortraitConditioning(embeds)
+    return H.fp.FantasyPortraitApply(H.model, H.adapter, portrait, strength, 0.0, 1.0)[0]
+
+
+def _query(block, x):
+    return block.cross_attn.norm_q(block.cross_attn.q(block.norm3(x)))
+
+
+def test_tokens_after_the_video_grid_get_no_branch_and_the_video_tokens_the_same(H):
+    """A block call whose sequence has 20 extra tokens after the 3 x 4 x 5 video grid (newer releases append
+    in-context latents there): the branch adds exactly zero to them, and on the video tokens exactly what it adds
+    without them."""
+    import torch
+
+    from fantasyportrait_pack.nodes import wan_patch
+
+    state = wan_patch.portrait_state(_applied(H))
+    dm = H.model.model.diffusion_model
+    x = torch.randn(2, 60 + 20, dm.dim, generator=H.g)
+    q = _query(dm.blocks[1], x)
+    with_extra = wan_patch.prepare_call(state, state.current_run(), 2, x.device, dm, video=slice(0, 60))
+    alone = wan_patch.prepare_call(state, state.current_run(), 2, x.device, dm)
+    out = with_extra.branch(1, q, state.num_heads)
+    assert out.shape == q.shape and torch.count_nonzero(out[:, 60:]) == 0
+    assert torch.allclose(out[:, :60], alone.branch(1, q[:, :60], state.num_heads), rtol=0, atol=1e-6)
+    assert float(out[:, :60].abs().max()) > 1e-3
+
+
+def test_frames_concatenated_after_the_video_run_through_the_real_model(H):
+    """WanModel's time_dim_concat (frames appended after the video on the time axis, so its token grid has a 4th
+    latent frame): the portrait runs, and what it adds at each block's cross_attn.o is zero on that frame's tokens."""
+    import torch
+
+    dm = H.model.model.diffusion_model
+    patched = _applied(H)  # the transformer options a sampler hands the model: the patches and the wrappers
+    topts = {**patched.model_options["transformer_options"], "wrappers": patched.wrappers}
+    added = []
+
+    def before(module, inputs):
+        added.append(inputs[0].clone())
+
+    def after(module, inputs, output):
+        added.append(inputs[0] - added.pop())
+
+    hooks = [h for b in dm.blocks for h in (b.cross_attn.o.register_forward_pre_hook(before),
+                                            b.cross_attn.o.register_forward_hook(after))]
+    try:
+        x = torch.randn(1, 36, 3, 8, 10, generator=H.g)
+        out = dm.forward(x, torch.tensor([0.5]), torch.randn(1, 12, 4096, generator=H.g),
+                         clip_fea=torch.randn(1, 257, 1280, generator=H.g),
+                         time_dim_concat=torch.randn(1, 36, 1, 8, 10, generator=H.g), transformer_options=topts)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert out.shape == (1, 16, 3, 8, 10) and bool(torch.isfinite(out).all())
+    assert len(added) == len(dm.blocks)
+    for delta in added:  # 4 x 4 x 5 tokens: the video's 60, then the concatenated frame's 20
+        assert delta.shape[1] == 80 and torch.count_nonzero(delta[:, 60:]) == 0
+        assert float(delta[:, :60].abs().max()) > 1e-4
+
+
+def test_video_tokens_sit_after_a_reference_latent(H):
+    """A model with ref_conv puts a reference latent's tokens before the video (Comfy-Org/ComfyUI 0c9a69ae
+    forward_orig): the video tokens are then the 4 x 5 reference tokens on."""
+    import torch
+
+    from fantasyportrait_pack.nodes.wan_patch import video_tokens
+
+    plain = types.SimpleNamespace(patch_size=(1, 2, 2), ref_conv=None)
+    with_ref = types.SimpleNamespace(patch_size=(1, 2, 2), ref_conv=object())
+    x = torch.zeros(1, 36, 3, 8, 10)
+    ref = {"reference_latent": torch.zeros(1, 36, 8, 10)}
+    assert video_tokens(plain, x, ref) == slice(0, 60)
+    assert video_tokens(with_ref, x, ref) == slice(20, 80)
+    assert video_tokens(with_ref, x, {}) == slice(0, 60)
+    assert video_tokens(plain, torch.zeros(1, 36, 3, 7, 9), {}) == slice(0, 60)  # padded to the patch size
+
+
+def _window_call(H, state, window, frames_in_call, handler=None):
+    """The PortraitCall a context window's model call gets, through the pack's OUTER_SAMPLE and DIFFUSION_MODEL
+    wrappers, as a sampler with ``handler`` as its context handler calls them."""
+    import torch
+
+    from fantasyportrait_pack.nodes import wan_patch
+
+    dm = H.model.model.diffusion_model
+    seen = {}
+
+    class Model:
+        class_obj = dm
+
+        def __call__(self, x, t, c, clip_fea, tdc, topts, **kw):
+            seen["call"] = topts[wan_patch.WRAPPER_KEY]
+
+    class Sampling:
+        class_obj = types.SimpleNamespace(model_patcher=H.model, model_options={"context_handler": handler}
+                                          if handler is not None else {})
+
+        def __call__(self, noise, latent, *a, **k):
+            wan_patch._diffusion_model_wrapper(state)(Model(), torch.zeros(1, 36, frames_in_call, 8, 10),
+                                                      torch.zeros(1), torch.zeros(1, 12, 256), None, None,
+                                                      {"context_window": window})
+
+    latent = torch.zeros(1, 16, state.latent_frames, 8, 10)
+    wan_patch._outer_sample_wrapper(state)(Sampling(), latent, latent)
+    return seen["call"]
+
+
+def test_context_windows_with_an_anchor_and_retained_frames_get_their_token_windows(H):
+    """A 21-frame portrait (6 latent frames) sampled with context windows: a window over latent frames [4, 5]
+    with the host's causal anchor (3) and the handler's latent_retain_index_list [0] holds global frames
+    [0, 4, 5] (the anchor's slot keeps frame 0), so the branch attends to those frames' token windows."""
+    import torch
+
+    from fantasyportrait_pack.fantasyportrait_core.tokens.encoding import encode_features
+    from fantasyportrait_pack.nodes import wan_patch
+
+    embeds = encode_features(H.adapter.encoder, torch.randn(1, 21, 554, generator=H.g))
+    state = wan_patch.portrait_state(_applied(H, embeds))
+    window = types.SimpleNamespace(index_list=[4, 5], causal_anchor_index=3)
+    retained = types.SimpleNamespace(latent_retain_index_list=[0])
+    assert _window_call(H, state, window, 3).frames == [3, 4, 5]
+    call = _window_call(H, state, window, 3, handler=retained)
+    assert call.frames == [0, 4, 5]
+    assert _window_call(H, state, types.SimpleNamespace(index_list=[1, 2, 3]), 3, handler=retained).frames == [0, 2, 3]
+    # the branch of that call equals the branch of a portrait made of exactly those frames' windows
+    dm = H.model.model.diffusion_model
+    q = _query(dm.blocks[0], torch.randn(1, 60, dm.dim, generator=H.g))
+    only = wan_patch.PortraitState(state.projections, embeds.windows[:, [0, 4, 5]], None, 1.0, 0.0, 1.0,
+                                   state.num_heads)
+    direct = wan_patch.prepare_call(only, only.current_run(), 1, q.device, dm)
+    assert torch.equal(call.branch(0, q, state.num_heads), direct.branch(0, q, state.num_heads))
+    with pytest.raises(Exception, match="covers 3 latent frames but its model call has 4"):
+        _window_call(H, state, window, 4)
+
+
+def test_per_run_tensors_are_held_per_device(H):
+    """Cond batches on two devices (cpu and meta here; threads, as newer releases run one per device): each
+    device gets and keeps its own copy of the windows, mask and per-token strengths, none is handed to the other
+    device, and asking again on a device copies nothing."""
+    import threading
+
+    import torch
+
+    from fantasyportrait_pack.nodes import wan_patch
+
+    state = wan_patch.portrait_state(_applied(H))
+    state.mask = torch.ones(20, state.windows.shape[2], dtype=torch.bool).expand(3, -1, -1)  # as Combine makes it
+    state.query_scale = torch.full((20,), 0.5)
+    run = wan_patch.PortraitRun(state, float("inf"), -float("inf"))
+    dm = H.model.model.diffusion_model
+    calls, barrier = {}, threading.Barrier(2)
+
+    def on(device):
+        barrier.wait()
+        for _ in range(20):
+            calls[device] = wan_patch.prepare_call(state, run, 2, torch.device(device), dm)
+            run.windows(torch.device(device), torch.float32)
+
+    threads = [threading.Thread(target=on, args=(d,)) for d in ("cpu", "meta")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for device in ("cpu", "meta"):
+        call = calls[device]
+        assert call.mask.device.type == device and call.query_scale.device.type == device
+        assert run.windows(torch.device(device), torch.float32).device.type == device
+    per_device = state.windows.numel() * 4 + state.mask[0].numel() + 20 * 4
+    assert run.held_bytes("cpu") == run.held_bytes("meta") == per_device
+    first = run.windows(torch.device("meta"), torch.float32)
+    assert run.windows(torch.device("meta"), torch.float32) is first  # kept, not copied again
+    run.windows(torch.device("meta"), torch.float16)  # another dtype replaces that device's copy
+    assert run.held_bytes("meta") == per_device - state.windows.numel() * 2
+
+
+def test_the_packs_models_use_the_hosts_core_model_patcher(H, monkeypatch):
+    """Newer releases load models with CoreModelPatcher (dynamic VRAM) and turn that path off for a whole
+    load_models_gpu call when one model in it is a plain ModelPatcher; the adapter's K/V projections (loaded with
+    the Wan model), the token encoder and the motion encoder are made with the host's CoreModelPatcher when it has
+    one, else with ModelPatcher."""
+    import comfy.model_patcher
+    import torch
+
+    from fantasyportrait_pack.nodes import managed
+
+    class CoreModelPatcher(comfy.model_patcher.ModelPatcher):
+        pass
+
+    expected = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+    class Owner:
+        pass
+
+    owner = Owner()
+    assert type(managed.managed_module(owner, "m", lambda: torch.nn.Linear(2, 2), "cpu")) is expected
+    monkeypatch.setattr(comfy.model_patcher, "CoreModelPatcher", CoreModelPatcher, raising=False)
+    fresh = Owner()
+    patcher = managed.managed_module(fresh, "m", lambda: torch.nn.Linear(2, 2), "cpu")
+    assert type(patcher) is CoreModelPatcher
+    assert managed.managed_module(fresh, "m", None, "cpu") is patcher  # one per owner, name and device
+    assert managed.managed_module(fresh, "m", None, "meta") is not patcher
+    assert managed.managed_module(fresh, "m", None, "meta").model is patcher.model  # the weights are shared
