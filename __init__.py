@@ -20,19 +20,42 @@ except ImportError:  # running outside ComfyUI
     comfy = None
 
 MIN_COMFYUI = (0, 3, 64)  # also declared as requires-comfyui in pyproject.toml
+RUN_ON = ("0.3.64", "0.3.75")  # the releases the tests run on (.ci/run; README, "ComfyUI versions")
+READ_UP_TO = "0.38.1"  # the newest release whose sources the host contracts were checked against
+
+
+def _version(version) -> tuple | None:
+    try:
+        return tuple(int(part) for part in str(version).split("-")[0].split(".")[:3])
+    except ValueError:
+        return None  # a development build without a plain version
 
 
 def comfyui_too_old(version: str | None) -> str | None:
-    """A message when the running ComfyUI is older than the pack supports, else None."""
-    try:
-        found = tuple(int(part) for part in str(version).split("-")[0].split(".")[:3])
-    except ValueError:
-        return None  # a development build without a plain version: let it try
+    """A message when the running ComfyUI is older than the pack supports, else None (a newer one, even newer
+    than any release the pack was run on, is never refused)."""
+    found = _version(version)
+    if found is None:
+        return None  # let it try
     if found < MIN_COMFYUI:
         need = ".".join(map(str, MIN_COMFYUI))
         return (f"FantasyPortrait needs ComfyUI {need} or newer, this is {version}: update ComfyUI "
                 "(git pull, or the manager's 'Update ComfyUI'); the FantasyPortrait nodes are not loaded.")
     return None
+
+
+def comfyui_tested_note(version: str | None) -> str:
+    """What the log says about the running ComfyUI: whether the pack was run on it, or only read against it."""
+    found = _version(version)
+    runs = ", ".join(RUN_ON)
+    if version in RUN_ON:
+        return f"FantasyPortrait: ComfyUI {version}, a release the pack is tested on ({runs})."
+    if found is not None and found < _version(RUN_ON[-1]):
+        return (f"FantasyPortrait: ComfyUI {version}; the pack is tested on {runs} (releases between them share the "
+                "contracts it uses).")
+    return (f"FantasyPortrait: ComfyUI {version} is newer than the releases the pack is tested on ({runs}); the host "
+            f"contracts it uses were checked in the sources up to {READ_UP_TO} (README, 'ComfyUI versions'). Please "
+            "report anything that fails.")
 
 
 if comfy is not None and __package__:
@@ -45,6 +68,7 @@ if comfy is not None and __package__:
     if too_old:
         logging.getLogger(__name__).error(too_old)
     else:
+        logging.getLogger(__name__).info(comfyui_tested_note(getattr(comfyui_version, "__version__", None)))
         try:
             from .nodes import comfy_entrypoint  # noqa: F401
         except Exception:  # never take ComfyUI down

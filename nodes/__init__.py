@@ -2,7 +2,8 @@
 
 V3 nodes (``comfy_api.latest.io.ComfyNode``), one ``nodes_<family>.py`` module per family (category
 ``FantasyPortrait/<family>``), each listing its classes in ``NODES``; ``comfy_entrypoint`` hands them all
-to ComfyUI. ``wan_patch.py`` holds the only code that reaches into ComfyUI's Wan model; ``common.py`` the
+to ComfyUI. ``wan_patch.py`` holds the only code that reaches into ComfyUI's Wan model, ``guidance.py`` the
+portrait guider, ``managed.py`` the pack's small models under ComfyUI's model management; ``common.py`` the
 pack's socket types and helpers. Per-node documentation: ``web/docs/<node id>.md``.
 """
 

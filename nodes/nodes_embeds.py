@@ -107,6 +107,29 @@ class FantasyPortraitEncode(io.ComfyNode):
         return check_length_widget(num_frames, "num_frames", NUM_FRAMES_MAX)
 
 
+MORE_DRIVERS = 12  # drivers 5..16, on hosts with io.Autogrow
+
+
+def more_drivers_inputs(embeds) -> list:
+    """Drivers after the four fixed inputs, on hosts whose V3 API has ``io.Autogrow`` (newer than 0.3.75; read in
+    Comfy-Org/ComfyUI 58a8a96c ``comfy_api/latest/_io.py``): one growing group ``more_embeds`` whose sockets are
+    named embeds_5, embeds_6, ... (a new one appears when the last is connected). The fixed embeds_1..embeds_4
+    stay on every host, so saved workflows keep their links; older hosts get just those."""
+    autogrow = getattr(io, "Autogrow", None)
+    if autogrow is None:
+        return []
+    names = [f"embeds_{i}" for i in range(5, 5 + MORE_DRIVERS)]
+    return [autogrow.Input("more_embeds", optional=True, tooltip="Drivers 5 and on: connect one, and the next socket "
+                           "appears.", template=autogrow.TemplateNames(input=embeds("embeds", optional=True),
+                                                                       names=names, min=0))]
+
+
+def driver_list(fixed, more: dict | None) -> list:
+    """The drivers in input order: the connected fixed inputs, then the grown ones by their number."""
+    grown = [more[name] for name in sorted(more or {}, key=lambda n: int(n.rsplit("_", 1)[-1]))]
+    return [e for e in (*fixed, *grown) if e is not None]
+
+
 class FantasyPortraitMultiCombine(io.ComfyNode):
     """Several people in one portrait, each driven by their own driver: regions from the faces and the drivers'
     motion, and a mask so each face only follows its own driver."""
@@ -134,6 +157,7 @@ class FantasyPortraitMultiCombine(io.ComfyNode):
             io.String.Input("strengths", default="", tooltip="Per-person portrait strength in face order, e.g. "
                             "'1.0,0.7' (one number applies to all). Empty: 1 for everyone."),
             embeds("embeds_3", optional=True), embeds("embeds_4", optional=True),
+            *more_drivers_inputs(embeds),
         ], outputs=[
             output(EmbedsIO, "portrait_embeds", "Tokens, windows and mask of every person."),
             output(io.Int, "num_frames", "Output length in frames."),
@@ -143,11 +167,11 @@ class FantasyPortraitMultiCombine(io.ComfyNode):
 
     @classmethod
     def execute(cls, face_models, image, width, height, embeds_1, embeds_2, mapping, background, strengths,
-                embeds_3=None, embeds_4=None) -> io.NodeOutput:
+                embeds_3=None, embeds_4=None, more_embeds=None) -> io.NodeOutput:
         from ..fantasyportrait_core.branch.multi import (combine, draw_regions, map_boxes_to_output, parse_mapping,
                                                   parse_strengths)
 
-        drivers = [e for e in (embeds_1, embeds_2, embeds_3, embeds_4) if e is not None]
+        drivers = driver_list((embeds_1, embeds_2, embeds_3, embeds_4), more_embeds)
         if any(not isinstance(d, PortraitConditioning) or d.driver_boxes is None for d in drivers):
             raise FantasyPortraitError("Every input must come from FantasyPortrait Encode (it carries the driver's "
                                        "face boxes).")

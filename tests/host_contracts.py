@@ -325,3 +325,50 @@ def test_the_packs_models_use_the_hosts_core_model_patcher(H, monkeypatch):
     assert managed.managed_module(fresh, "m", None, "cpu") is patcher  # one per owner, name and device
     assert managed.managed_module(fresh, "m", None, "meta") is not patcher
     assert managed.managed_module(fresh, "m", None, "meta").model is patcher.model  # the weights are shared
+
+
+# --- V3: a growing list of drivers where the host has io.Autogrow -----------------------------------------------
+
+def test_multi_combine_grows_its_driver_list_where_the_host_has_autogrow(H, faces, monkeypatch):
+    """On this host (no io.Autogrow before 0.3.76) the node has its four fixed driver inputs, as saved workflows
+    expect; with an Autogrow (stood in here with the newest read signature, TemplateNames(input, names, min)) it
+    also has a group ``more_embeds`` of embeds_5..embeds_16 after them, and a driver there counts as driver 5."""
+    import numpy as np
+    import torch
+    from comfy_api.latest import io
+
+    from fantasyportrait_pack.fantasyportrait_core.faces.tracking import FaceTracks
+    from fantasyportrait_pack.fantasyportrait_core.motion.extraction import ExpressionFeatures
+    from fantasyportrait_pack.fantasyportrait_core.video import read_video
+    from fantasyportrait_pack.nodes import nodes_embeds
+
+    node = nodes_embeds.FantasyPortraitMultiCombine
+    fixed = ["face_models", "image", "width", "height", "embeds_1", "embeds_2", "mapping", "background", "strengths",
+             "embeds_3", "embeds_4"]
+    if not hasattr(io, "Autogrow"):
+        assert [i.id for i in node.define_schema().inputs] == fixed
+    made = {}
+
+    class Autogrow:
+        class TemplateNames:
+            def __init__(self, input, names, min=1):
+                made.update(template=input.id, names=names, min=min)
+
+        class Input:
+            def __new__(cls, id, template, optional=False, tooltip=None):
+                made.update(id=id, optional=optional)
+                return io.Custom("COMFY_AUTOGROW_V3").Input(id, optional=optional, tooltip=tooltip)
+
+    monkeypatch.setattr(io, "Autogrow", Autogrow, raising=False)
+    assert [i.id for i in node.define_schema().inputs] == fixed + ["more_embeds"]
+    assert made == {"template": "embeds", "names": [f"embeds_{i}" for i in range(5, 17)], "min": 0,
+                    "id": "more_embeds", "optional": True}
+    assert nodes_embeds.driver_list(("a", "b", None, "d"), {"embeds_12": "f", "embeds_5": "e"}) == list("abdef")
+    # two faces in the portrait, three drivers (one grown): the node counts the grown one
+    tracks = FaceTracks(np.tile(np.array([10, 10, 50, 50], np.float32), (1, 9, 1)), np.zeros((1, 9, 222, 2),
+                        np.float32), np.ones((1, 9), bool), (64, 64))
+    one = H.fp.FantasyPortraitEncode(H.adapter, ExpressionFeatures(torch.randn(1, 9, 554, generator=H.g), tracks,
+                                                                   25.0), 0, 0, "trim", 1.0, 1.0, 1.0)[0]
+    image = torch.from_numpy(read_video(media_path("two_person.png")).frames[:1]).float() / 255
+    with pytest.raises(Exception, match=r"has 2 face\(s\) but 3 driver\(s\) were given"):
+        H.fp.FantasyPortraitMultiCombine(faces, image, 96, 64, one, one, "", "all", "", more_embeds={"embeds_5": one})

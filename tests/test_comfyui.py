@@ -230,6 +230,9 @@ def test_server_lists_every_node(tmp_path):
     front.mkdir()
     server = ComfyServer(make_base(tmp_path / "base", test_nodes=False), tmp_path / "server.log", front)
     try:
+        with open(os.path.join(COMFYUI_DIR, "comfyui_version.py")) as fh:  # the log names the release as tested
+            version = fh.read().split('"')[1]
+        assert f"FantasyPortrait: ComfyUI {version}, a release the pack is tested on" in server.log.read_text()
         with urllib.request.urlopen(f"{server.url}/object_info", timeout=30) as r:
             info = json.load(r)
         sys.path.insert(0, os.path.join(ROOT, "workflows"))

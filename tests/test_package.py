@@ -39,6 +39,21 @@ def test_minimum_comfyui_version_is_declared_and_checked():
     assert "needs ComfyUI 0.3.64 or newer, this is 0.3.60" in message and "not loaded" in message
     assert module.comfyui_too_old("0.3.64") is None and module.comfyui_too_old("0.38.1") is None
     assert module.comfyui_too_old("0.4.0") is None and module.comfyui_too_old("1.0.0-rc1") is None
+    assert module.comfyui_too_old("0.45.2") is None  # newer than any release it was run on: never refused
+
+
+def test_the_log_says_which_releases_were_run_and_which_only_read():
+    module = _load_pack("fantasyportrait_pack_notes")
+    with open(os.path.join(ROOT, ".ci", "run")) as fh:  # the releases CI runs on are the ones named
+        ci = re.search(r"^HOST_VERSIONS=\((.*)\)$", fh.read(), re.M).group(1).split()
+    assert list(module.RUN_ON) == ci == ["0.3.64", "0.3.75"]
+    assert module.comfyui_tested_note("0.3.75") == ("FantasyPortrait: ComfyUI 0.3.75, a release the pack is tested "
+                                                    "on (0.3.64, 0.3.75).")
+    assert "tested on 0.3.64, 0.3.75 (releases between them" in module.comfyui_tested_note("0.3.70")
+    newer = module.comfyui_tested_note("0.45.2")
+    assert "ComfyUI 0.45.2 is newer than the releases the pack is tested on (0.3.64, 0.3.75)" in newer
+    assert "checked in the sources up to 0.38.1" in newer
+    assert "newer than the releases" in module.comfyui_tested_note("0.3.76-dev")
 
 
 def _load_pack(name):
