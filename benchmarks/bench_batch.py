@@ -31,9 +31,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 def write_jobs(path, image, video, seeds):
-    from comfy_servers import TINY_MODELS
+    from comfy_servers import tiny_sets
 
-    tiny = ";".join(TINY_MODELS + ["13.length=9"])
+    tiny = ";".join(tiny_sets("fantasyportrait_single"))
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, ["image", "video", "seed", "steps", "size", "set"])
         writer.writeheader()

@@ -42,12 +42,14 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # the tests' media helpers
 
 from fantasyportrait_core.motion.extraction import FaceModels, extract_features  # noqa: E402
 from fantasyportrait_core.faces.detector import FaceDetector  # noqa: E402
 from fantasyportrait_core.faces.landmarks import LandmarkModel  # noqa: E402
 from fantasyportrait_core.motion.encoder import MotionEncoder  # noqa: E402
-from fantasyportrait_core.video import DrivingFrames, read_video, write_video  # noqa: E402
+from fantasyportrait_core.video import DrivingFrames, write_video  # noqa: E402
+from media import read_frames  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 
@@ -56,7 +58,7 @@ def looped_clip(path: str, frames: int, fps: float, size=None) -> None:
     """jgz.mp4 played forwards and backwards until ``frames`` frames, optionally resized."""
     import cv2
 
-    src = read_video(os.path.join(SHARED, "media", "jgz.mp4")).frames
+    src = read_frames(os.path.join(SHARED, "media", "jgz.mp4"))
     cycle = np.concatenate([src, src[::-1]])
 
     def frames_iter():

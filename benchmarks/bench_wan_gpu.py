@@ -45,7 +45,7 @@ def main():
     from fantasyportrait_pack.fantasyportrait_core import adapter_from_state_dict
     from fantasyportrait_pack.fantasyportrait_core.tokens.encoding import encode_features
     from fantasyportrait_pack.fantasyportrait_core.branch.multi import build_mask, query_scales
-    from fantasyportrait_pack.fantasyportrait_core.branch.conditioning import PortraitConditioning
+    from fantasyportrait_pack.fantasyportrait_core.branch.embeds import PortraitEmbeds
     from fantasyportrait_pack.fantasyportrait_core.tokens.windows import frame_count_of_latent
 
     from fantasyportrait_pack.nodes.nodes_sampling import FantasyPortraitSampler
@@ -89,7 +89,7 @@ def main():
     def embeds_for(persons):
         one = encode_features(adapter.encoder, torch.randn(1, frames, 554, generator=g))
         if persons == 1:
-            return PortraitConditioning(one)
+            return PortraitEmbeds(one)
         windows = one.windows.repeat(1, 1, persons, 1)
         rows, cols = -(-h // 2), -(-w // 2)
         labels = torch.zeros(rows, cols, dtype=torch.long)
@@ -97,7 +97,7 @@ def main():
             labels[rows // 4:3 * rows // 4, (i * cols) // persons + 1:((i + 1) * cols) // persons - 1] = i + 1
         labels = labels.reshape(-1)
         one.windows = windows
-        return PortraitConditioning(one, mask=build_mask(labels, persons, windows.shape[2] // persons, t_lat),
+        return PortraitEmbeds(one, mask=build_mask(labels, persons, windows.shape[2] // persons, t_lat),
                                     query_scale=query_scales(labels, [1.0] * persons), size=(w * 8, h * 8))
 
     def timed(fn):

@@ -19,7 +19,6 @@ import copy
 import io
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,11 +28,12 @@ RELEASED_LENGTH = 81  # frames the released pipeline uses at most (4k+1)
 RELEASED_MULTI_FPS = 25.0  # the released multi-person code re-encodes every driving clip to 25 fps
 
 
-@dataclass
-class Clip:
-    frames: np.ndarray  # [F, H, W, 3] uint8 RGB
-    fps: float
-    source: str
+def shortest(counts: list[int], what: str) -> tuple[int, str | None]:
+    """The frame count several clips are cut to (the shortest one's), and a note when they differ."""
+    frames = min(counts)
+    if len(set(counts)) == 1:
+        return frames, None
+    return frames, f"{what} have {', '.join(map(str, counts))} frames; all were trimmed to the shortest, {frames}"
 
 
 def resample_indices(num_frames: int, src_fps: float, dst_fps: float) -> np.ndarray:
@@ -235,12 +235,6 @@ def crop_rect(crop, width: int, height: int) -> tuple[int, int, int, int] | None
         return None
     w, h = w - w % 2, h - h % 2
     return (x, y, w, h) if w > 0 and h > 0 else None
-
-
-def read_video(path: str, max_frames: int | None = None, fps: float | None = None) -> Clip:
-    """Decode a video file to RGB frames; optionally retime to ``fps`` and keep ``max_frames``."""
-    frames = DrivingFrames(path, 0, max_frames or 0, fps)
-    return Clip(frames=frames.read(), fps=frames.fps, source=path)
 
 
 def read_audio(source, start: float, duration: float | None = None, name: str = "the driving video"):

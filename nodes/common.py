@@ -20,7 +20,7 @@ FaceModelsIO = io.Custom("FANTASYPORTRAIT_FACE_MODELS")  # motion.extraction.Fac
 AdapterIO = io.Custom("FANTASYPORTRAIT_MODEL")  # tokens.checkpoint.FantasyPortraitAdapter
 TracksIO = io.Custom("FANTASYPORTRAIT_TRACKS")  # motion.extraction.TrackedFaces
 FeaturesIO = io.Custom("FANTASYPORTRAIT_FEATURES")  # motion.extraction.ExpressionFeatures
-EmbedsIO = io.Custom("FANTASYPORTRAIT_EMBEDS")  # branch.conditioning.PortraitConditioning
+EmbedsIO = io.Custom("FANTASYPORTRAIT_EMBEDS")  # branch.embeds.PortraitEmbeds
 
 
 def node_schema(node: type, title: str, family: str, inputs: list, outputs: list) -> io.Schema:

@@ -3,21 +3,17 @@ portrait (Multi-Portrait Combine)."""
 
 from __future__ import annotations
 
-import numpy as np
-import torch
-
 import comfy.model_management
 import comfy.utils
 from comfy_api.latest import io
 
 from ..fantasyportrait_core.tokens.adapter import GroupScales
-from ..fantasyportrait_core.tokens.encoding import PortraitEmbeds, encode_features
+from ..fantasyportrait_core.tokens.encoding import encode_features
 from ..fantasyportrait_core.errors import FantasyPortraitError, require_finite
 from ..fantasyportrait_core.motion.extraction import frames_to_uint8
-from ..fantasyportrait_core.branch.conditioning import PortraitConditioning
+from ..fantasyportrait_core.branch.embeds import PortraitEmbeds
 from ..fantasyportrait_core.faces.detector import portrait_faces
-from ..fantasyportrait_core.faces.tracking import largest_person
-from ..fantasyportrait_core.tokens.windows import fit_frame_count, frame_count_of_latent
+from ..fantasyportrait_core.tokens.driver import driver_motion
 from .common import (DEFAULT_FPS, AdapterIO, EmbedsIO, FaceModelsIO, FeaturesIO, Progress, check_length_widget,
                      log, node_schema, output, to_image)
 
@@ -61,46 +57,21 @@ class FantasyPortraitEncode(io.ComfyNode):
     def execute(cls, adapter, features, person, num_frames, frame_fit, proj_scale, mouth_scale, emo_scale,
                 fps=0.0) -> io.NodeOutput:
         from .managed import load_managed, managed_module
-        from ..fantasyportrait_core.video import resample_indices
 
         require_finite(proj_scale=proj_scale, mouth_scale=mouth_scale, emo_scale=emo_scale, fps=fps)
-        feats, tracks = features.features, features.tracks
-        if person < 0 and tracks is None:  # features made without the tracker: only one person can be meant
-            if feats.shape[0] > 1:
-                raise FantasyPortraitError("These features carry no face tracks, so the largest face is unknown: set "
-                                           "person to a number.")
-            person = 0
-        elif person < 0:
-            person, notes = largest_person(tracks)
-            log.info("FantasyPortrait: person %d (the largest face) drives the portrait", person)
-            for note in notes:
-                log.warning("FantasyPortrait: %s", note)
-        if person >= feats.shape[0]:
-            raise FantasyPortraitError(f"Person {person} was asked for but the driving clip has {feats.shape[0]} "
-                                       f"person(s) (numbered from 0, left to right).")
-        feats = feats[person:person + 1]
-        boxes = tracks.boxes[person] if tracks is not None else None
-        rate = features.fps
-        if fps and rate and abs(fps - rate) > 1e-3:
-            idx = resample_indices(feats.shape[1], rate, fps)
-            feats = feats[:, torch.from_numpy(idx)]
-            boxes = boxes[idx] if boxes is not None else None
-            log.warning("FantasyPortrait: resampled the driving motion from %g to %g fps (%d frames)", rate, fps,
-                        len(idx))
-            rate = fps
-        feats, note = fit_frame_count(feats, frame_fit, target=num_frames or None)
-        if note:
+        driver = driver_motion(features.features, features.tracks, features.fps, person, fps or None,
+                               num_frames or None, frame_fit)
+        if person < 0:
+            log.info("FantasyPortrait: person %d (the largest face) drives the portrait", driver.person)
+        for note in driver.notes:
             log.warning("FantasyPortrait: %s", note)
-        if boxes is not None:  # the driver's face boxes (for multi-portrait regions), fitted the same way
-            boxes = fit_frame_count(torch.from_numpy(np.ascontiguousarray(boxes)), frame_fit,
-                                    target=num_frames or None)[0].numpy()
         encoder, _ = load_managed(managed_module(adapter, "encoder", lambda: adapter.encoder,
                                                  comfy.model_management.get_torch_device()))
-        embeds = encode_features(encoder, feats, GroupScales(proj_scale, mouth_scale, emo_scale),
-                                 progress=Progress(feats.shape[1]))
-        embeds.tokens, embeds.windows = embeds.tokens.cpu(), embeds.windows.cpu()
-        return io.NodeOutput(PortraitConditioning(embeds, fps=rate, driver_boxes=boxes), embeds.num_frames,
-                             float(rate or DEFAULT_FPS))
+        expression = encode_features(encoder, driver.features, GroupScales(proj_scale, mouth_scale, emo_scale),
+                                     progress=Progress(driver.features.shape[1]))
+        expression.tokens, expression.windows = expression.tokens.cpu(), expression.windows.cpu()
+        return io.NodeOutput(PortraitEmbeds(expression, fps=driver.fps, driver_boxes=driver.boxes),
+                             expression.num_frames, float(driver.fps or DEFAULT_FPS))
 
     @classmethod
     def validate_inputs(cls, num_frames=0):
@@ -172,31 +143,28 @@ class FantasyPortraitMultiCombine(io.ComfyNode):
                                                   parse_strengths)
 
         drivers = driver_list((embeds_1, embeds_2, embeds_3, embeds_4), more_embeds)
-        if any(not isinstance(d, PortraitConditioning) or d.driver_boxes is None for d in drivers):
+        if any(not isinstance(d, PortraitEmbeds) or d.driver_boxes is None for d in drivers):
             raise FantasyPortraitError("Every input must come from FantasyPortrait Encode (it carries the driver's "
                                        "face boxes).")
         portrait = frames_to_uint8(image[:1])[0]
         boxes = portrait_faces(portrait, face_models.detector)  # combine() refuses a count that differs
         faces = map_boxes_to_output(boxes, (portrait.shape[1], portrait.shape[0]), (width, height))
         order = parse_mapping(mapping, len(drivers))  # face i is driven by drivers[order[i]]
-        out = combine([d.embeds.windows for d in drivers], [d.driver_boxes for d in drivers], faces, width,
-                      height, order, background, parse_strengths(strengths, len(drivers)))
-        for note in out["notes"]:
+        out = combine([d.expression for d in drivers], [d.driver_boxes for d in drivers], faces, width, height,
+                      order, background, parse_strengths(strengths, len(drivers)))
+        for note in out.notes:
             log.warning("FantasyPortrait: %s", note)
         fps = {d.fps for d in drivers if d.fps}
         if len(fps) > 1:
             log.warning("FantasyPortrait: the drivers have different frame rates (%s); the output uses one rate, so "
                         "some drivers play faster or slower. Resample the clips to one rate first.", sorted(fps))
-        t_lat = out["windows"].shape[1]
-        frames, per_frame = frame_count_of_latent(t_lat), drivers[0].embeds.tokens_per_frame
-        tokens = torch.cat([drivers[i].embeds.tokens[:, :frames * per_frame] for i in order])  # face order, as windows
-        embeds = PortraitEmbeds(tokens=tokens, windows=out["windows"], num_frames=frames, tokens_per_frame=per_frame)
         resized = comfy.utils.common_upscale(image[:1].movedim(-1, 1), width, height, "bilinear", "center")
         resized = resized.movedim(1, -1)
-        preview = draw_regions(frames_to_uint8(resized)[0], out["regions"], faces)
-        result = PortraitConditioning(embeds, fps=drivers[0].fps, mask=out["mask"], query_scale=out["query_scale"],
-                                      size=(width, height))
-        return io.NodeOutput(result, embeds.num_frames, to_image(preview[None]), float(drivers[0].fps or DEFAULT_FPS))
+        preview = draw_regions(frames_to_uint8(resized)[0], out.regions, faces)
+        result = PortraitEmbeds(out.expression, fps=drivers[0].fps, mask=out.mask, query_scale=out.query_scale,
+                                size=(width, height))
+        return io.NodeOutput(result, out.expression.num_frames, to_image(preview[None]),
+                             float(drivers[0].fps or DEFAULT_FPS))
 
 
 NODES = [FantasyPortraitEncode, FantasyPortraitMultiCombine]

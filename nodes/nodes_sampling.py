@@ -10,7 +10,7 @@ import latent_preview
 from comfy_api.latest import io
 
 from ..fantasyportrait_core.errors import FantasyPortraitError
-from ..fantasyportrait_core.branch.conditioning import PortraitConditioning
+from ..fantasyportrait_core.branch.embeds import PortraitEmbeds
 from .common import AdapterIO, EmbedsIO, node_schema, output
 
 
@@ -18,11 +18,11 @@ def _patch(model, adapter, portrait_embeds, strength, start_percent, end_percent
     from .wan_patch import apply_portrait
     from ..fantasyportrait_core.branch.multi import token_grid
 
-    if not isinstance(portrait_embeds, PortraitConditioning):
+    if not isinstance(portrait_embeds, PortraitEmbeds):
         raise FantasyPortraitError("portrait_embeds must come from FantasyPortrait Encode or Multi-Portrait Combine.")
     size, mask = portrait_embeds.size, portrait_embeds.mask
     grid = token_grid(*size) if size is not None and mask is not None else None
-    return apply_portrait(model, adapter, portrait_embeds.embeds.windows, strength, start_percent, end_percent,
+    return apply_portrait(model, adapter, portrait_embeds.expression.windows, strength, start_percent, end_percent,
                           mask, portrait_embeds.query_scale, grid=grid, size=size)
 
 

@@ -60,7 +60,7 @@ def main(comfy_dir, base, shared_models, repo):
     comfy.options.enable_args_parsing()
     sys.path.insert(0, os.path.join(repo, "tests"))
     from checkpoint_factory import adapter_state_dict, save_ckpt
-    from fantasyportrait_core_shim import motion_state
+    from motion_weights import motion_state
 
     models = os.path.join(base, "models")
     for sub in ("diffusion_models", "vae", "fantasyportrait", "text_encoders", "clip_vision"):

@@ -2,24 +2,40 @@
 the tiny models, and headless servers on free loopback ports."""
 
 import os
-import socket
 import subprocess
-import time
-import urllib.request
 
 from conftest import COMFYUI_DIR, ROOT
 from conftest import COMFYUI_PYTHON as PYTHON
 
 
-#: ``--set`` overrides pointing a shipped workflow at the tiny test models (tests/comfy_models.py)
-TINY_MODELS = ["1.unet_name=tiny_wan_i2v.safetensors", "3.clip_name=fp_test_umt5.safetensors",
-               "6.clip_name=fp_test_clip_h.safetensors"]
+#: every node of the pack and its family (category FantasyPortrait/<family>)
+FAMILIES = {"FantasyPortraitModelLoader": "loaders", "FantasyPortraitFaceModelLoader": "loaders",
+            "FantasyPortraitFaceTracker": "faces", "FantasyPortraitExpressionExtractor": "faces",
+            "FantasyPortraitMotionControl": "motion", "FantasyPortraitEncode": "embeds",
+            "FantasyPortraitMultiCombine": "embeds", "FantasyPortraitOutputSize": "embeds",
+            "FantasyPortraitApply": "sampling", "FantasyPortraitGuider": "sampling", "FantasyPortraitSampler": "sampling"}
+
+#: ``--set`` overrides pointing a shipped workflow at the tiny test models (tests/comfy_models.py), by node class
+TINY_MODELS = ["UNETLoader.unet_name=tiny_wan_i2v.safetensors", "CLIPLoader.clip_name=fp_test_umt5.safetensors",
+               "CLIPVisionLoader.clip_name=fp_test_clip_h.safetensors"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def shipped_path(name: str) -> str:
+    """The API file of a shipped workflow (``fantasyportrait_single``, ...)."""
+    return os.path.join(ROOT, "workflows", "api", f"{name}_api.json")
+
+
+def node_ids(name: str, cls: str) -> list[str]:
+    """The ids of a shipped workflow's nodes of class ``cls``, in the runner's node order."""
+    from fantasyportrait_core.tools.runner import load_workflow, nodes_of_class
+
+    return nodes_of_class(load_workflow(shipped_path(name)), cls)
+
+
+def tiny_sets(name: str, length: int = 9) -> list[str]:
+    """``--set`` items for a shipped workflow on the tiny models: their files, and every Face Tracker on a
+    ``length``-frame window."""
+    return TINY_MODELS + [f"{i}.length={length}" for i in node_ids(name, "FantasyPortraitFaceTracker")]
 
 
 def make_base(base, models_from=None, test_nodes=True):
@@ -41,51 +57,35 @@ def make_base(base, models_from=None, test_nodes=True):
 
 
 class ComfyServer:
-    """A headless ComfyUI on ``base``; ``url``, ``log`` (path), ``stop()``, ``kill()``."""
+    """A headless ComfyUI on ``base``, started by the runner's own :class:`PrivateServer` (the one ``run`` and
+    ``batch`` start), its output in ``log_path``: ``url``, ``log`` (path), ``proc``, ``stop()``, ``kill()``."""
 
     def __init__(self, base, log_path, frontend_root=None, env=None):
+        from fantasyportrait_core.tools.runner import PrivateServer
+
         self.base, self.log = base, log_path
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         front = [] if frontend_root is None else ["--front-end-root", str(frontend_root)]
-        self._log = open(log_path, "w")
-        self.proc = subprocess.Popen([PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-                                      *front, "--disable-auto-launch", "--disable-api-nodes",
-                                      "--use-pytorch-cross-attention", "--base-directory", str(base)],
-                                     cwd=COMFYUI_DIR, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
-        try:
-            for _ in range(240):
-                time.sleep(0.5)
-                try:
-                    urllib.request.urlopen(self.url + "/system_stats", timeout=5).read()
-                    return
-                except OSError:
-                    assert self.proc.poll() is None, open(log_path).read()[-3000:]
-            raise AssertionError("ComfyUI did not answer:\n" + open(log_path).read()[-3000:])
-        except BaseException:  # a server that did not come up is not left running
-            self.kill()
-            raise
+        self.server = PrivateServer(COMFYUI_DIR, PYTHON, ["--cpu", "--disable-api-nodes", "--use-pytorch-cross-attention",
+                                                          "--base-directory", str(base), *front],
+                                    ready_timeout=120, log_path=str(log_path), env=env)
+        self.url = self.server.__enter__()  # a server that did not come up is stopped, and its log tail raised
+        self.proc = self.server.proc
 
     def kill(self):
         self.proc.kill()
-        self.proc.wait(timeout=30)
-        self._log.close()
+        self.server.__exit__(None, None, None)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
-        self._log.close()
+        self.server.__exit__(None, None, None)
 
 
 def two_person_clip(folder) -> str:
     """The first 12 frames of two_person.mp4 (23 fps, no audio) in ``folder``: a short two-person driver
     keeps the end-to-end runs quick."""
-    from fantasyportrait_core.video import read_video, write_video
-    from media import media_path
+    from fantasyportrait_core.video import write_video
+    from media import media_path, read_frames
 
     clip = folder / "two_person_12.mp4"
     if not clip.exists():
-        write_video(str(clip), read_video(media_path("two_person.mp4"), max_frames=12).frames, 23)
+        write_video(str(clip), read_frames(media_path("two_person.mp4"), max_frames=12), 23)
     return str(clip)

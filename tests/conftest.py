@@ -26,6 +26,8 @@ requires_comfyui = [pytest.mark.comfyui, pytest.mark.skipif(
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "comfyui: needs a real ComfyUI (COMFYUI_DIR); run on every tested release")
+    config.addinivalue_line("markers", "real_pip: setup's pip step really runs (tests/test_setup.py records it "
+                                       "otherwise)")
 
 
 @pytest.fixture(scope="session")

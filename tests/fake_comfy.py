@@ -1,8 +1,11 @@
-"""A small in-process fake of ComfyUI's HTTP API with a real queue, for the batch runner's unit tests.
+"""The tests' one in-process fake of ComfyUI's HTTP API, with a real queue, for the runner's and the batch
+runner's unit tests.
 
-It keeps uploads, a pending queue and a history, and "executes" one prompt at a time on a thread
-(``seconds`` each). A prompt whose seed (any node's ``seed`` input) is in ``fail_seeds`` fails with a
-node error; one in ``flaky_seeds`` fails once with an out-of-memory error, then succeeds. ``kill()``
+It keeps uploads (in upload order), every posted ``/prompt`` body, a pending queue and a history, and
+"executes" one prompt at a time on a thread (``seconds`` each). A prompt whose seed (any node's ``seed``
+input) is in ``fail_seeds`` fails with a node error; one in ``flaky_seeds`` fails once with an
+out-of-memory error, then succeeds; with ``refuse`` (ComfyUI's ``node_errors``) every prompt is refused
+at validation, as ``/prompt`` refuses a bad widget value. ``kill()``
 closes the listening socket (connections are refused), and ``forget()`` empties the queue and the
 history while listening on (a restart between two requests). Headers of every request are kept.
 """
@@ -32,9 +35,11 @@ class JSONHandler(BaseHTTPRequestHandler):
 
 
 class FakeComfy:
-    def __init__(self, object_info: dict, seconds: float = 0.2, fail_seeds=(), flaky_seeds=()):
+    def __init__(self, object_info: dict, seconds: float = 0.2, fail_seeds=(), flaky_seeds=(), refuse=None):
         self.object_info, self.seconds = object_info, seconds
         self.fail_seeds, self.flaky_seeds = set(fail_seeds), set(flaky_seeds)
+        self.refuse = refuse
+        self.posted = []  # every /prompt body, as sent
         self.lock = threading.Lock()
         self.uploads, self.pending, self.history, self.executed = {}, [], {}, []
         self.running = None
@@ -85,7 +90,12 @@ class FakeComfy:
                         fake.uploads[name] = fake.uploads.get(name, 0) + 1
                         return self._json(200, {"name": name, "subfolder": "", "type": "input"})
                     if self.path == "/prompt":
-                        prompt = json.loads(data)["prompt"]
+                        fake.posted.append(json.loads(data))
+                        prompt = fake.posted[-1]["prompt"]
+                        if fake.refuse:
+                            return self._json(400, {"error": {"type": "prompt_outputs_failed_validation",
+                                                              "message": "Prompt outputs failed validation",
+                                                              "details": ""}, "node_errors": fake.refuse})
                         for node in prompt.values():
                             for value in node["inputs"].values():
                                 if isinstance(value, str) and value.startswith("fp_") and value not in fake.uploads:

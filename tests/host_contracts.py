@@ -10,7 +10,7 @@ import types
 import pytest
 
 from conftest import ROOT
-from media import media_path, model_path
+from media import media_path, model_path, read_frames
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +72,14 @@ def test_a_trimmed_and_cropped_video_is_tracked_on_its_window_and_crop(H, faces)
     import numpy as np
     import torch
 
-    from fantasyportrait_pack.fantasyportrait_core.video import read_audio, read_video
+    from fantasyportrait_pack.fantasyportrait_core.video import read_audio
 
     clip = media_path("jgz.mp4")
     video = newer_video_class()(clip).as_trimmed(1.0, 1.2).as_cropped(40, 90, 400, 360)
     assert video.get_dimensions() == (400, 360)
     tracks, crops, preview, fps, audio = H.fp.FantasyPortraitFaceTracker(faces, 96, 0, video=video, start_frame=2,
                                                                          length=9)
-    whole = read_video(clip).frames
+    whole = read_frames(clip)
     pixels = whole[15 + 2:15 + 2 + 9, 90:90 + 360, 40:40 + 400]  # the window's frames 2..10, cropped
     as_images = H.fp.FantasyPortraitFaceTracker(faces, 96, 0, images=torch.from_numpy(pixels).float() / 255)
     assert tracks.tracks.num_frames == 9 and tracks.tracks.frame_size == (360, 400)
@@ -120,10 +120,10 @@ def test_an_unknown_video_edit_falls_back_to_the_hosts_decode(H, faces):
 
 # --- Wan: tokens beside the video, context windows, devices, model patchers ---------------------------------
 
-def _applied(H, embeds=None, strength=1.0):
-    from fantasyportrait_pack.fantasyportrait_core.branch.conditioning import PortraitConditioning
+def _applied(H, expression=None, strength=1.0):
+    from fantasyportrait_pack.fantasyportrait_core.branch.embeds import PortraitEmbeds
 
-    portrait = H.portrait if embeds is None else PortraitConditioning(embeds)
+    portrait = H.portrait if expression is None else PortraitEmbeds(expression)
     return H.fp.FantasyPortraitApply(H.model, H.adapter, portrait, strength, 0.0, 1.0)[0]
 
 
@@ -240,8 +240,8 @@ def test_context_windows_with_an_anchor_and_retained_frames_get_their_token_wind
     from fantasyportrait_pack.fantasyportrait_core.tokens.encoding import encode_features
     from fantasyportrait_pack.nodes import wan_patch
 
-    embeds = encode_features(H.adapter.encoder, torch.randn(1, 21, 554, generator=H.g))
-    state = wan_patch.portrait_state(_applied(H, embeds))
+    expression = encode_features(H.adapter.encoder, torch.randn(1, 21, 554, generator=H.g))
+    state = wan_patch.portrait_state(_applied(H, expression))
     window = types.SimpleNamespace(index_list=[4, 5], causal_anchor_index=3)
     retained = types.SimpleNamespace(latent_retain_index_list=[0])
     assert _window_call(H, state, window, 3).frames == [3, 4, 5]
@@ -251,7 +251,7 @@ def test_context_windows_with_an_anchor_and_retained_frames_get_their_token_wind
     # the branch of that call equals the branch of a portrait made of exactly those frames' windows
     dm = H.model.model.diffusion_model
     q = _query(dm.blocks[0], torch.randn(1, 60, dm.dim, generator=H.g))
-    only = wan_patch.PortraitState(state.projections, embeds.windows[:, [0, 4, 5]], None, 1.0, 0.0, 1.0,
+    only = wan_patch.PortraitState(state.projections, expression.windows[:, [0, 4, 5]], None, 1.0, 0.0, 1.0,
                                    state.num_heads)
     direct = wan_patch.prepare_call(only, only.current_run(), 1, q.device, dm)
     assert torch.equal(call.branch(0, q, state.num_heads), direct.branch(0, q, state.num_heads))
@@ -339,7 +339,6 @@ def test_multi_combine_grows_its_driver_list_where_the_host_has_autogrow(H, face
 
     from fantasyportrait_pack.fantasyportrait_core.faces.tracking import FaceTracks
     from fantasyportrait_pack.fantasyportrait_core.motion.extraction import ExpressionFeatures
-    from fantasyportrait_pack.fantasyportrait_core.video import read_video
     from fantasyportrait_pack.nodes import nodes_embeds
 
     node = nodes_embeds.FantasyPortraitMultiCombine
@@ -369,6 +368,6 @@ def test_multi_combine_grows_its_driver_list_where_the_host_has_autogrow(H, face
                         np.float32), np.ones((1, 9), bool), (64, 64))
     one = H.fp.FantasyPortraitEncode(H.adapter, ExpressionFeatures(torch.randn(1, 9, 554, generator=H.g), tracks,
                                                                    25.0), 0, 0, "trim", 1.0, 1.0, 1.0)[0]
-    image = torch.from_numpy(read_video(media_path("two_person.png")).frames[:1]).float() / 255
+    image = torch.from_numpy(read_frames(media_path("two_person.png"))[:1]).float() / 255
     with pytest.raises(Exception, match=r"has 2 face\(s\) but 3 driver\(s\) were given"):
         H.fp.FantasyPortraitMultiCombine(faces, image, 96, 64, one, one, "", "all", "", more_embeds={"embeds_5": one})

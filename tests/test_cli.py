@@ -69,12 +69,21 @@ def test_encode_errors_are_one_line_messages(files, tmp_path, capsys):
 
 
 def test_help_explains_every_option():
-    enc = build_parser()._subparsers._group_actions[0].choices["encode"]
-    for action in enc._actions:
-        if action.option_strings and action.dest != "help":
-            assert action.help and len(action.help) > 15, action.dest
-    result = subprocess.run([sys.executable, "-m", "fantasyportrait_core", "encode", "--help"], cwd=ROOT,
-                            capture_output=True, text=True)
-    assert result.returncode == 0
-    for flag in ("--adapter", "--features", "--out", "--proj-scale", "--mouth-scale", "--emo-scale", "--fit", "--dtype"):
-        assert flag in result.stdout
+    """Every option of every command has its own help text, which states the default where there is one, and
+    appears in that command's --help."""
+    import argparse
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert set(commands) >= {"extract", "encode", "run", "batch", "setup"}
+    for name, command in commands.items():
+        options = [a for a in command._actions if a.option_strings and a.dest != "help"]
+        helps = [a.help for a in options]
+        assert all(helps) and len(set(helps)) == len(helps), name  # none missing, none copied from another
+        for action in options:
+            if action.default not in (None, False, [], argparse.SUPPRESS):
+                assert "default" in action.help or str(action.default) in action.help, (name, action.dest)
+        shown = subprocess.run([sys.executable, "-m", "fantasyportrait_core", name, "--help"], cwd=ROOT,
+                               capture_output=True, text=True)
+        assert shown.returncode == 0, shown.stderr
+        for action in options:
+            assert action.option_strings[0] in shown.stdout, (name, action.option_strings[0])

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from comfy_servers import TINY_MODELS, ComfyServer, make_base, two_person_clip
+from comfy_servers import FAMILIES, ComfyServer, make_base, node_ids, shipped_path, tiny_sets, two_person_clip
 from conftest import COMFYUI_DIR, ROOT, requires_comfyui
 from conftest import COMFYUI_PYTHON as PYTHON
 from media import media_path
@@ -20,209 +20,7 @@ UI_FILES = glob.glob(os.path.join(ROOT, "workflows", "*.json"))
 
 pytestmark = requires_comfyui
 
-FAMILIES = {"FantasyPortraitModelLoader": "loaders", "FantasyPortraitFaceModelLoader": "loaders",
-            "FantasyPortraitFaceTracker": "faces", "FantasyPortraitExpressionExtractor": "faces",
-            "FantasyPortraitMotionControl": "motion", "FantasyPortraitEncode": "embeds",
-            "FantasyPortraitMultiCombine": "embeds", "FantasyPortraitOutputSize": "embeds",
-            "FantasyPortraitApply": "sampling", "FantasyPortraitGuider": "sampling", "FantasyPortraitSampler": "sampling"}
-NODES = ["FantasyPortraitApply", "FantasyPortraitEncode", "FantasyPortraitExpressionExtractor",
-         "FantasyPortraitFaceModelLoader", "FantasyPortraitFaceTracker", "FantasyPortraitGuider",
-         "FantasyPortraitModelLoader", "FantasyPortraitMotionControl", "FantasyPortraitMultiCombine",
-         "FantasyPortraitOutputSize", "FantasyPortraitSampler"]
-
-
-def _check(script, timeout=900):
-    """Run a host-check script in the real ComfyUI's Python; returns the JSON object it prints."""
-    proc = subprocess.run([PYTHON, os.path.join(ROOT, "tests", script), COMFYUI_DIR, ROOT],
-                          capture_output=True, text=True, timeout=timeout)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    return json.loads(lines[-1][len("RESULT "):])
-
-
-@pytest.fixture(scope="module")
-def host_result():
-    return _check("comfy_host_check.py")
-
-
-def test_the_nodes_come_through_the_v3_entry_point(host_result):
-    assert host_result["nodes"] == NODES
-    # a ComfyExtension, no NODE_CLASS_MAPPINGS beside it (ComfyUI would read that instead), io.ComfyNode classes
-    assert host_result["entrypoint"] == [True, True, True]
-
-
-def test_portrait_off_is_exactly_the_stock_sampler(host_result):
-    assert host_result["off_equals_stock"]
-    assert host_result["inactive_window_equals_stock"]  # start/end percent outside the schedule
-    assert host_result["model_untouched"]  # the user's MODEL is not modified by the patched clone
-
-
-def test_portrait_on_changes_the_result(host_result):
-    assert host_result["on_rel_diff"] > 0.01
-    assert host_result["three_pass_finite"] and host_result["two_pass_finite"]
-    assert host_result["three_pass_rel_diff"] > 0.01  # portrait_cfg changes the result
-    assert host_result["apply_plus_ksampler_equals_sampler_pcfg1"] == 0.0
-    assert host_result["guider_equals_sampler"] == 0.0  # Apply + Guider via SamplerCustomAdvanced
-
-
-def test_encode_node_fits_lengths_and_rates(host_result):
-    # 17 frames at 30 fps -> 8 frames at 15 fps -> trimmed to 5 (4k+1)
-    assert host_result["encode_resampled_frames"] == [5, 15.0, [5, 4], 15.0]  # the fps output follows the motion
-    assert host_result["encode_source_fps"] == 30.0
-    assert host_result["encode_padded_frames"] == 21
-    assert "has 17 frames but 21 were asked for; set frame_fit to pad" in host_result["encode_short_error"]
-    assert "Person 3 was asked for but the driving clip has 1 person(s)" in host_result["encode_person_error"]
-    assert "num_frames must be 0 (the whole clip) or 4k+1 frames, as Wan makes them; got 20: use 17 or 21" in \
-        host_result["encode_count_error"]
-    assert host_result["encode_largest_is_person_1"]  # person -1: the largest face (released rule)
-    assert host_result["encode_person_0_differs"]
-
-
-def test_frame_count_widgets_are_checked_when_queued(host_result):
-    ok, whole, twenty, huge, linked, released, negative = host_result["validate_counts"]
-    assert ok is True and whole is True and linked is True and released is True
-    assert "num_frames must be 0 (the whole clip) or 4k+1 frames, as Wan makes them; got 20: use 17 or 21" in twenty
-    assert huge == "num_frames is 8001, more than its maximum 4097."
-    assert "length must be 0 (the whole clip) or 4k+1 frames" in negative
-
-
-def test_one_frame_driving_video_is_refused_by_the_nodes(host_result):
-    assert "The driving video has a single frame; a driving clip needs motion" in host_result["tracker_one_frame_error"]
-
-
-def test_tracker_reads_only_the_used_frames_of_a_core_video(host_result):
-    """jgz.mp4 (15 fps, 59 frames, audio) through the Face Tracker's VIDEO input: retimed to 12 fps, frames
-    4-12 used; the same tracks as when those frames come in as IMAGE; audio from 4/12 s for 0.75 s."""
-    got = host_result.get("tracker_video")
-    if got is None:
-        pytest.skip("real face models or test media not found")
-    assert (got["frames"], got["fps"], got["images_fps"]) == (9, 12.0, 25.0)
-    assert got["preview"] == [9, 512, 512, 3] and got["crops"] == [9, 224, 224, 3]
-    assert got["same_as_images"]
-    # Create Video's kind of VIDEO (frames in memory, 12 fps, a 1 kHz ramp as audio): the same tracks, its rate,
-    # and the audio of frames 4-12 only (samples 333..1082)
-    assert host_result["tracker_components"] == [True, 12.0, [333.0, 1082.0], 750]
-    assert got["audio_seconds"] == pytest.approx(9 / 12, abs=1e-3) and got["audio_rate"] == got["source_audio_rate"]
-    assert got["audio_is_the_window"]  # the clip's own samples from 4/12 s on
-    assert got["extractor_fps"] == 0.0  # 0: the fps comes with the tracks
-    assert "length must be 0 (the whole clip) or 4k+1 frames, as Wan makes them; got 10: use 9 or 13" in \
-        host_result["tracker_length_error"]
-    assert "start_frame 500 is past the end of the driving video, which has 59 frames at 15 fps" in \
-        host_result["tracker_start_error"]
-    assert "Connect the driving clip to the Face Tracker: video (from Load Video) or images" in \
-        host_result["tracker_none_error"]
-
-
-def test_portrait_without_a_face_is_refused(host_result):
-    if "portrait_no_face_error" not in host_result:
-        pytest.skip("real face models or test media not found")
-    assert "No face was found in the portrait image (640x480)" in host_result["portrait_no_face_error"]
-    from fantasyportrait_core.sizing import output_size
-
-    assert host_result["portrait_with_face_size"] == list(output_size(*host_result["portrait_pixels"], "480p"))
-
-
-def test_output_size_node(host_result):
-    assert host_result["output_size_portrait"] == [464, 832] and host_result["output_size_landscape"] == [832, 464]
-
-
-def test_motion_control_node(host_result):
-    assert host_result["motion_default_identical"]
-    assert host_result["motion_person0_untouched"] and host_result["motion_person1_head_frozen"]
-    shape, low, high = host_result["motion_preview"]  # an IMAGE: [1, H, W, 3] in 0..1, white background
-    assert shape == [1, 440, 640, 3] and 0.0 <= low < 0.3 and high == 1.0
-
-
-def test_block_patch_matches_the_released_formula(host_result):
-    # native block + scale * W_o(x_ad) beside the cross-attention output, to float rounding
-    assert host_result["block_rel_diff"] < 1e-5
-    assert host_result["block_branch_rel_effect"] > 1e-2
-    assert host_result["context_window_equal"]  # context windows get their own latent frames' tokens
-
-
-@pytest.fixture(scope="module")
-def patch_result():
-    return _check("comfy_patch_check.py")
-
-
-def test_applying_again_replaces_the_portrait(patch_result):
-    assert patch_result["portrait_effect"] > 0.01
-    assert patch_result["apply_then_sampler_diff"] == 0.0  # Apply -> Sampler == Sampler on the plain model
-    assert patch_result["apply_twice_diff"] == 0.0  # the second Apply wins, the first is gone
-
-
-def test_clones_share_the_adapter_and_its_state(patch_result):
-    assert patch_result["clones_share_state"]
-    shared, per_model = patch_result["clone_projection_storages"]
-    assert shared == per_model == 4  # 10 clones, still one k and one v tensor per block of the 2-block adapter
-    assert patch_result["clone_equals_original"] == 0.0
-
-
-def test_embeds_and_mask_are_checked_against_the_latent_on_every_path(patch_result):
-    for path in ("ksampler", "sampler", "guider"):
-        message = patch_result[f"length_error_{path}"]
-        assert "cover 9 frames (3 latent frames)" in message and "6 latent frames (21 frames)" in message, message
-        assert "WanImageToVideo's length to 9" in message
-    assert "made for 64x80" in patch_result["grid_error"] and "80x64" in patch_result["grid_error"]
-    assert patch_result["grid_ok"] is None
-
-
-def test_the_hosts_own_block_runs_with_the_portrait(patch_result):
-    assert patch_result["wrapped_block_forward_kept"] < 1e-6  # a wrapped WanAttentionBlock.forward still acts
-    assert patch_result["inner_hook_effect"] > 1e-3  # a hook inside the block still acts
-    assert patch_result["hooks_removed_after_call"]
-
-
-def test_only_wan_i2v_models_are_accepted(patch_result):
-    assert "text-to-video" in patch_result["t2v_error"] and "16 input channels" in patch_result["t2v_error"]
-    assert patch_result["wan22_apply_error"] is None
-    assert "not Wan 2.1 I2V 14B" in patch_result["wan22_warning"] and "Wan 2.2" in patch_result["wan22_warning"]
-    assert "needs a Wan 2.1 I2V 14B model" in patch_result["non_wan_error"]
-
-
-def test_guidance_formulas_against_separate_model_calls(patch_result):
-    assert patch_result["three_pass_formula"] < 1e-5
-    assert patch_result["two_pass_formula"] < 1e-5
-    assert patch_result["portrait_guidance_effect"] > 1e-2  # not the same as plain CFG
-    assert patch_result["pcfg_below_one_equals_plain_cfg"] < 1e-6
-    assert patch_result["setup_order_diff"] == 0.0
-    assert "carries no portrait" in patch_result["guider_without_portrait_error"]
-
-
-def test_other_guidance_patches_still_apply(patch_result):
-    assert patch_result["post_cfg_effect_3"] > 0.05 and patch_result["post_cfg_effect_1"] > 0.05
-    assert patch_result["post_cfg_scales_seen"] == [3.0, 4.0]  # text scale (3 passes), portrait scale (2 passes)
-    assert patch_result["rescale_cfg_effect"] > 1e-3
-
-
-def test_percent_window_follows_the_model_sampling_at_sampling_time(patch_result):
-    assert patch_result["percent_after_shift_diff"] == 0.0
-    assert patch_result["percent_window_effect"] > 1e-3
-
-
-def test_non_finite_numbers_are_refused(patch_result):
-    assert "portrait_strength is nan" in patch_result["nan_strength_error"]
-    assert "portrait_cfg is inf" in patch_result["nan_pcfg_error"]
-
-
-def test_memory_held_between_block_calls_and_model_management(patch_result):
-    # between block calls only the token windows stay on the device (no per-block K/V)
-    assert patch_result["held_bytes"] == [patch_result["windows_bytes"]] * 3
-    assert patch_result["projections_loaded_during_run"]  # the K/V weights are declared to ComfyUI
-    assert patch_result["run_cleared_after"]
-    assert patch_result["encoder_managed"] and patch_result["encoder_freed"]
-    assert patch_result["encoder_dtype"] == "torch.float32"
-
-
-def test_a_cancelled_run_frees_its_per_run_tensors(patch_result):
-    # cancelled at the first step, while the run held its windows: nothing of the run is kept afterwards
-    assert patch_result["cancel_raised"] and patch_result["held_when_cancelled"] == patch_result["windows_bytes"]
-    assert patch_result["run_cleared_after_cancel"]
-
-
-def test_context_window_calls_get_their_frames_with_the_anchor(patch_result):
-    assert patch_result["anchored_window_frames"] == [1, 2]
-    assert "covers 2 latent frames but its model call has 3" in patch_result["window_mismatch_error"]
+NODES = sorted(FAMILIES)
 
 
 def test_server_lists_every_node(tmp_path):
@@ -291,17 +89,13 @@ SHIPPED = ("fantasyportrait_single", "fantasyportrait_two_from_one_video", "fant
 
 def shipped(name="fantasyportrait_single", size=(64, 64), length=9, sets=()):
     """A shipped API workflow as it is, and the ``--set`` options that point it at the tiny test models:
-    file names, a small size instead of Output Size's 480p, a short frame window and 2 steps."""
-    path = os.path.join(ROOT, "workflows", "api", f"{name}_api.json")
-    with open(path) as fh:
-        wf = json.load(fh)
-    items = TINY_MODELS + ["19.steps=2"]
-    for node_id, node in wf.items():
-        if node["class_type"] in ("WanImageToVideo", "FantasyPortraitMultiCombine"):
+    file names, a small size instead of Output Size's 480p, a short frame window and 2 steps; ``sets`` adds
+    (node class, input, value) items (each class once in the workflow)."""
+    items = tiny_sets(name, length) + ["FantasyPortraitSampler.steps=2"]
+    for cls in ("WanImageToVideo", "FantasyPortraitMultiCombine"):
+        for node_id in node_ids(name, cls):
             items += [f"{node_id}.width={size[0]}", f"{node_id}.height={size[1]}"]
-        if node["class_type"] == "FantasyPortraitFaceTracker":
-            items.append(f"{node_id}.length={length}")
-    return path, items + [f"{n}.{k}={v}" for n, k, v in sets]
+    return shipped_path(name), items + [f"{n}.{k}={v}" for n, k, v in sets]
 
 
 def run_cli(server, workflow, out, image=None, videos=None, private=False):
@@ -359,11 +153,12 @@ def test_a_bad_frame_count_is_refused_when_the_prompt_is_queued(server):
     """Encode's num_frames 20 (not 4k+1) through the HTTP API: /prompt refuses the workflow, naming the node and
     the values to use, before any node runs (no face tracking first)."""
     out = server["tmp"] / "bad_count.mp4"
-    proc = run_cli(server, shipped(sets=[("17", "num_frames", 20)]), out)
+    proc = run_cli(server, shipped(sets=[("FantasyPortraitEncode", "num_frames", 20)]), out)
     assert proc.returncode == 1
     assert "ComfyUI refused the workflow" in proc.stderr
-    assert "node 17 (FantasyPortraitEncode): Custom validation failed for node num_frames - num_frames must be 0 " \
-           "(the whole clip) or 4k+1 frames, as Wan makes them; got 20: use 17 or 21." in proc.stderr
+    (encode,) = node_ids("fantasyportrait_single", "FantasyPortraitEncode")
+    assert f"node {encode} (FantasyPortraitEncode): Custom validation failed for node num_frames - num_frames must " \
+           "be 0 (the whole clip) or 4k+1 frames, as Wan makes them; got 20: use 17 or 21." in proc.stderr
     assert not out.exists()
 
 
@@ -386,18 +181,21 @@ def test_resampled_motion_sets_the_video_fps(server):
     """Encode resamples jgz.mp4's 15 fps motion to 10 fps: the saved video plays at 10 fps (9 frames, 0.9 s).
     The tracker retimes the video itself to 12 fps from frame 5 on: 12 fps, 9 frames, 0.75 s."""
     out = server["tmp"] / "ten_fps.mp4"
-    proc = run_cli(server, shipped(sets=[("17", "fps", 10.0), ("13", "length", 17), ("17", "num_frames", 9)]), out)
+    proc = run_cli(server, shipped(sets=[("FantasyPortraitEncode", "fps", 10.0), ("FantasyPortraitFaceTracker", "length", 17),
+                                            ("FantasyPortraitEncode", "num_frames", 9)]), out)
     assert proc.returncode == 0, proc.stderr[-3000:] + server["log"].read_text()[-3000:]
     check_video(out, (64, 64), 9, 10.0, True)
     out = server["tmp"] / "twelve_fps.mp4"
-    proc = run_cli(server, shipped(sets=[("13", "fps", 12.0), ("13", "start_frame", 5)]), out)
+    proc = run_cli(server, shipped(sets=[("FantasyPortraitFaceTracker", "fps", 12.0),
+                                            ("FantasyPortraitFaceTracker", "start_frame", 5)]), out)
     assert proc.returncode == 0, proc.stderr[-3000:] + server["log"].read_text()[-3000:]
     check_video(out, (64, 64), 9, 12.0, True)
 
 
-@pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_workflows_run_with_no_server(server, name):
-    """No --server: a private ComfyUI is started on a free port, runs the job and is stopped."""
+def test_a_shipped_workflow_runs_with_no_server(server):
+    """No --server: a private ComfyUI is started on a free port, runs the job and is stopped (one boot, with the
+    two-person graph; every shipped graph also runs against the test server above)."""
+    name = "fantasyportrait_two_from_one_video"
     inputs, expect = shipped_case(server, name)
     out = server["tmp"] / f"private_{name}.mp4"
     proc = run_cli(server, shipped(name, size=expect[0]), out, private=True, **inputs)
@@ -412,7 +210,7 @@ def test_shipped_workflows_run_with_no_server(server, name):
 
 def test_failed_run_reports_the_node_error(server):
     out = server["tmp"] / "never.mp4"
-    proc = run_cli(server, shipped(sets=[("16", "model_name", "missing.ckpt")]), out)
+    proc = run_cli(server, shipped(sets=[("FantasyPortraitModelLoader", "model_name", "missing.ckpt")]), out)
     assert proc.returncode == 1
     assert "FantasyPortraitModelLoader" in proc.stderr and "missing.ckpt" in proc.stderr
     assert not out.exists()
@@ -425,14 +223,15 @@ def test_cancel_leaves_the_server_healthy(server):
                                              run_workflow)
 
     client = ComfyClient(server["url"])
-    path, sets = shipped(sets=[("19", "steps", 400)])
+    path, sets = shipped(sets=[("FantasyPortraitSampler", "steps", 400)])
     wf = apply_overrides(load_workflow(path), sets)
     wf = fill_inputs(wf, client.upload(media_path("man.jpeg")), [client.upload(media_path("jgz.mp4"))])
     outcome = {}
     seen = threading.Event()
+    (sampler,) = node_ids("fantasyportrait_single", "FantasyPortraitSampler")
 
     def progress(message):
-        if message.startswith("node 19:"):
+        if message.startswith(f"node {sampler}:"):
             seen.set()
 
     def target():

@@ -10,11 +10,11 @@ from safetensors.torch import load_file
 
 from fantasyportrait_core import FantasyPortraitError
 from fantasyportrait_core.tools.cli import main
-from fantasyportrait_core.motion.extraction import FaceModels, draw_preview, extract_features
+from fantasyportrait_core.motion.extraction import FaceModels, extract_features
 from fantasyportrait_core.faces.detector import FaceDetector
 from fantasyportrait_core.faces.landmarks import LandmarkModel
-from fantasyportrait_core.video import read_video, resample_indices, write_video
-from media import media_path, model_path
+from fantasyportrait_core.video import resample_indices, write_video
+from media import media_path, model_path, preview_frames, read_frames
 from test_motion_encoder import random_state
 
 
@@ -41,8 +41,8 @@ def test_extract_cli_two_person(models_dir, tmp_path, capsys):
     with safe_open(out, "pt") as fh:
         meta = fh.metadata()
     assert meta["fps"] == "23" and meta["num_frames"] == "9" and meta["num_persons"] == "2"
-    clip = read_video(str(prev))
-    assert clip.frames.shape[0] == 9 and clip.frames.shape[1:3] == (720, 1280)
+    clip = read_frames(str(prev))
+    assert clip.shape[0] == 9 and clip.shape[1:3] == (720, 1280)
 
 
 def test_extract_cli_two_videos_common_length_and_fps(models_dir, tmp_path, capsys):
@@ -62,15 +62,15 @@ def test_features_do_not_depend_on_batch_size(models_dir):
                         LandmarkModel(str(models_dir / "face_landmark.onnx")))
     from fantasyportrait_core.motion.encoder import motion_encoder_from_state_dict
     models.motion_encoder = motion_encoder_from_state_dict(random_state())
-    frames = read_video(media_path("jgz.mp4"), max_frames=5).frames
+    frames = read_frames(media_path("jgz.mp4"), max_frames=5)
     first = extract_features(frames, models, batch_size=5)
     a, b = first.features, extract_features(frames, models, batch_size=2).features
     assert a.shape == (1, 5, 554)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     tracks = first.tracks
-    preview = draw_preview(frames, tracks)
+    preview = preview_frames(frames, tracks)
     assert preview.shape == frames.shape and (preview != frames).any()
-    small = draw_preview(frames, tracks, max_side=128)  # the node's preview: long side <= 512, frame by frame
+    small = preview_frames(frames, tracks, max_side=128)  # the node's preview: long side <= 512, frame by frame
     import cv2
 
     assert small.shape == (5, 128, 128, 3) and small.dtype == np.uint8
@@ -102,7 +102,7 @@ def test_bad_videos(models_dir, tmp_path, capsys):
     write_video(str(tmp_path / "blank.mp4"), np.full((6, 128, 160, 3), 90, np.uint8), 10)
     assert run(tmp_path / "blank.mp4") == 2
     assert "No face was found in any of the 6 frames of blank.mp4" in capsys.readouterr().err
-    write_video(str(tmp_path / "one.mp4"), read_video(media_path("jgz.mp4"), max_frames=1).frames, 10)
+    write_video(str(tmp_path / "one.mp4"), read_frames(media_path("jgz.mp4"), max_frames=1), 10)
     assert run(tmp_path / "one.mp4") == 2
     assert "single frame" in capsys.readouterr().err
     assert main(["extract", "--video", media_path("jgz.mp4"), "--models", str(tmp_path / "none"),
@@ -136,7 +136,7 @@ def test_driving_frames_window_and_retiming():
     from fantasyportrait_core.video import DrivingFrames
 
     path = media_path("jgz.mp4")  # 59 frames at 15 fps
-    whole = read_video(path).frames
+    whole = read_frames(path)
     assert whole.shape[0] == 59
     clip = DrivingFrames(path)  # released default: at most 81 frames
     assert (len(clip), clip.fps, clip.source_frames) == (59, 15.0, 59)
@@ -203,7 +203,7 @@ def test_extract_cli_frame_window(models_dir, tmp_path, capsys):
     with safe_open(out, "pt") as fh:
         meta = fh.metadata()
     assert data["features"].shape == (1, 9, 554) and (meta["start_frame"], meta["fps"]) == ("20", "15")
-    assert read_video(str(prev)).frames.shape[:3] == (9, 512, 512)
+    assert read_frames(str(prev)).shape[:3] == (9, 512, 512)
     capsys.readouterr()
     assert main(["extract", "--video", media_path("jgz.mp4"), "--models", str(models_dir), "--out", str(out),
                  "--frames", "10"]) == 2
@@ -230,4 +230,4 @@ def test_crops_and_preview_in_one_pass_equal_the_separate_ones(models_dir):
     crops, preview = crops_and_preview(clip, tracks, max_side=512)
     assert Counted.passes == 1  # the clip is decoded once for both
     assert np.array_equal(crops, aligned_crops(clip, tracks))
-    assert np.array_equal(preview, draw_preview(clip, tracks, max_side=512)) and preview.shape == (5, 288, 512, 3)
+    assert np.array_equal(preview, preview_frames(clip, tracks, max_side=512)) and preview.shape == (5, 288, 512, 3)

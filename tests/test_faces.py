@@ -13,7 +13,7 @@ from fantasyportrait_core.faces.detector import FaceDetector
 from fantasyportrait_core.faces.landmarks import LandmarkModel, landmark_box
 from fantasyportrait_core.faces.smoothing import LandmarkSmoother
 from fantasyportrait_core.faces.tracking import keep_persons, track_faces
-from fantasyportrait_core.video import read_video
+from media import read_frames
 from media import media_path, model_path, read_rgb
 
 
@@ -29,14 +29,14 @@ def landmarker():
 
 @pytest.fixture(scope="module")
 def two_person(detector, landmarker):
-    clip = read_video(media_path("two_person.mp4"))
-    return clip, track_faces(clip.frames, detector, landmarker, source="two_person.mp4")
+    clip = read_frames(media_path("two_person.mp4"))
+    return clip, track_faces(clip, detector, landmarker, source="two_person.mp4")
 
 
 @pytest.fixture(scope="module")
 def jgz(detector, landmarker):
-    clip = read_video(media_path("jgz.mp4"))
-    return clip, track_faces(clip.frames, detector, landmarker, source="jgz.mp4")
+    clip = read_frames(media_path("jgz.mp4"))
+    return clip, track_faces(clip, detector, landmarker, source="jgz.mp4")
 
 
 def test_detector_matches_released_boxes(detector):
@@ -61,7 +61,7 @@ def test_landmarks_match_released_and_sit_on_the_face(detector, landmarker):
 
 def test_two_person_video_two_stable_ids(two_person):
     clip, tracks = two_person
-    assert clip.frames.shape == (146, 720, 1280, 3)
+    assert clip.shape == (146, 720, 1280, 3)
     assert tracks.num_persons == 2 and tracks.num_frames == 146
     # the released detector misses the left face in frames 0-1 only; those are filled and reported
     assert tracks.valid[1].all()
@@ -95,7 +95,7 @@ def test_two_pass_matches_released_det_landmarks(jgz, detector, landmarker):
     np.testing.assert_allclose(tracks.landmarks[0, 0, 0], [173.9504, 174.3391], atol=2e-3)
     np.testing.assert_allclose(tracks.landmarks[0, 1, 0], [173.9141, 184.8519], atol=2e-3)
     np.testing.assert_allclose(tracks.landmarks[0, 2, 133], [302.5994, 252.1543], atol=2e-3)
-    one_pass = track_faces(clip.frames[:3], detector, landmarker, two_pass=False)
+    one_pass = track_faces(clip[:3], detector, landmarker, two_pass=False)
     np.testing.assert_allclose(one_pass.landmarks[0, 0, 0], [173.963, 173.622], atol=2e-3)  # released pass 1
 
 
@@ -113,7 +113,7 @@ def test_aligned_crops_are_224_centred_and_match_released(two_person, jgz):
         (two_person, 1, 145, [31.3598, 37.4586, 53.57]),
     ]:
         lmk = tracks.landmarks[person, frame]
-        crop = align_face(clip.frames[frame], lmk)
+        crop = align_face(clip[frame], lmk)
         assert crop.shape == (224, 224, 3) and crop.dtype == np.uint8
         np.testing.assert_allclose(crop.reshape(-1, 3).mean(0)[::-1], released_bgr_mean, atol=0.05)
         m = alignment_matrix(lmk)

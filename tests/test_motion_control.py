@@ -22,12 +22,12 @@ def motion():
     from fantasyportrait_core.faces.detector import FaceDetector
     from fantasyportrait_core.faces.landmarks import LandmarkModel
     from fantasyportrait_core.motion.encoder import motion_encoder_from_state_dict
-    from fantasyportrait_core.video import read_video
-    from fantasyportrait_core_shim import motion_state
+    from media import read_frames
+    from motion_weights import motion_state
 
     models = FaceModels(FaceDetector(model_path("face_det.onnx")), LandmarkModel(model_path("face_landmark.onnx")),
                         motion_encoder_from_state_dict(motion_state(he=True)))  # every component moves
-    frames = read_video(media_path("jgz.mp4"), max_frames=33).frames
+    frames = read_frames(media_path("jgz.mp4"), max_frames=33)
     feats = extract_features(frames, models).features
     assert feats.shape == (1, 33, 554)
     return feats

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from fantasyportrait_core import CheckpointError
-from fantasyportrait_core_shim import motion_state
+from motion_weights import motion_state
 from fantasyportrait_core.motion.encoder import (MotionEncoder, crops_to_tensor, load_motion_encoder,
                                                  motion_encoder_from_state_dict)
 

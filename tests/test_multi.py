@@ -151,19 +151,39 @@ def test_mapping_strengths_and_lengths():
     assert parse_strengths("0.5", 3) == [0.5] * 3
     with pytest.raises(FantasyPortraitError, match="3 strengths given for 2 persons"):
         parse_strengths("1,1,1", 2)
-    out, note = common_length([torch.zeros(1, 5, 3, 1), torch.zeros(1, 3, 3, 1)])
-    assert [w.shape[1] for w in out] == [3, 3] and note == "the drivers have 17, 9 frames; all were trimmed to the shortest, 9"
+    long, short = driver(17, 0.0), driver(9, 1.0)
+    out, note = common_length([long, short])
+    assert note == "the drivers have 17, 9 frames; all were trimmed to the shortest, 9"
+    assert [d.num_frames for d in out] == [9, 9] and [d.windows.shape[1] for d in out] == [3, 3]
+    assert torch.equal(out[0].tokens, long.tokens[:, :9 * 24]) and torch.equal(out[0].windows, long.windows[:, :3])
+    assert common_length([long, long]) == ([long, long], None)
 
 
-def test_combine_counts_must_fit():
-    w = torch.zeros(1, 2, WIN, 4)
+def driver(frames, value, channels=4):
+    """One driver's expression tokens: every token of frame f is ``value + f``, windows as the released rule."""
+    from fantasyportrait_core.tokens.encoding import ExpressionTokens
+    from fantasyportrait_core.tokens.windows import build_windows
+
+    tokens = (value + torch.arange(frames, dtype=torch.float32)).repeat_interleave(24)[None, :, None]
+    tokens = tokens.expand(1, -1, channels).contiguous()
+    return ExpressionTokens(tokens, build_windows(tokens, frames, 24), frames, 24)
+
+
+def test_combine_counts_must_fit_and_puts_everything_in_face_order():
+    box = [np.array([[0, 0, 10, 10.0]])]
     with pytest.raises(FantasyPortraitError, match="2 face\\(s\\) but 1 driver"):
-        combine([w], [np.array([[0, 0, 10, 10.0]])], np.array([[0, 0, 10, 10], [20, 0, 30, 10.0]]), 64, 64)
-    out = combine([w, w + 1], [np.array([[0, 0, 10, 10.0]])] * 2, np.array([[0, 0, 16, 16], [32, 0, 48, 16.0]]),
-                  64, 64, mapping=[1, 0])
-    assert out["windows"].shape == (1, 2, 2 * WIN, 4)
-    assert out["windows"][0, 0, 0, 0] == 1  # face 0 is driven by driver 2
-    assert out["mask"].shape == (2, 16, 2 * WIN)
+        combine([driver(5, 0.0)], box, np.array([[0, 0, 10, 10], [20, 0, 30, 10.0]]), 64, 64)
+    first, second = driver(5, 0.0), driver(9, 100.0)
+    out = combine([first, second], box * 2, np.array([[0, 0, 16, 16], [32, 0, 48, 16.0]]), 64, 64, mapping=[1, 0],
+                  strengths=[0.5, 1.0])
+    assert out.notes == ["the drivers have 5, 9 frames; all were trimmed to the shortest, 5"]
+    assert out.expression.num_frames == 5 and out.expression.tokens_per_frame == 24
+    # face 0 is driven by driver 2: its tokens are the first row and its windows come first, cut to 5 frames
+    assert torch.equal(out.expression.tokens, torch.cat([second.tokens[:, :5 * 24], first.tokens]))
+    assert torch.equal(out.expression.windows, torch.cat([second.windows[:, :2], first.windows], dim=2))
+    assert out.mask.shape == (2, 16, 2 * WIN) and out.labels.shape == (16,)
+    assert torch.equal(out.mask[0], build_mask(out.labels, 2, WIN, 1, "all")[0])
+    assert set(out.query_scale.tolist()) <= {0.5, 1.0} and 0.5 in out.query_scale.tolist()  # face 0's strength
 
 
 def test_real_two_person_regions():
@@ -171,7 +191,7 @@ def test_real_two_person_regions():
     from fantasyportrait_core.faces.landmarks import LandmarkModel
     from fantasyportrait_core.branch.multi import draw_regions
     from fantasyportrait_core.faces.tracking import track_faces
-    from fantasyportrait_core.video import read_video
+    from media import read_frames
     from media import media_path, model_path, read_rgb
 
     det = FaceDetector(model_path("face_det.onnx"))
@@ -180,12 +200,12 @@ def test_real_two_person_regions():
     boxes, _ = det.detect(portrait)
     boxes = boxes[np.argsort((boxes[:, 0] + boxes[:, 2]) / 2)]
     assert len(boxes) == 2
-    tracks = track_faces(read_video(media_path("two_person.mp4"), max_frames=81).frames, det, lmk)
+    tracks = track_faces(read_frames(media_path("two_person.mp4"), max_frames=81), det, lmk)
     assert tracks.num_persons == 2
     for width, height in [(832, 480), (1084, 610), (500, 300)]:
         faces = map_boxes_to_output(boxes, (portrait.shape[1], portrait.shape[0]), (width, height))
-        out = combine([torch.zeros(1, 21, WIN, 4)] * 2, [tracks.boxes[0], tracks.boxes[1]], faces, width, height)
-        regions = out["regions"]
+        out = combine([driver(81, 0.0)] * 2, [tracks.boxes[0], tracks.boxes[1]], faces, width, height)
+        regions = out.regions
         for i in range(2):
             x0, y0, x1, y1 = regions[i]
             fx0, fy0, fx1, fy1 = faces[i]
@@ -193,10 +213,10 @@ def test_real_two_person_regions():
             ox0, oy0, ox1, oy1 = faces[1 - i]
             assert x1 <= ox0 or x0 >= ox1 or y1 <= oy0 or y0 >= oy1  # does not touch the other face
         rows, cols = token_grid(width, height)
-        assert out["mask"].shape == (21, rows * cols, 2 * WIN)
-        counts = torch.bincount(out["tokens"], minlength=3)
+        assert out.mask.shape == (21, rows * cols, 2 * WIN)
+        counts = torch.bincount(out.labels, minlength=3)
         assert counts[1] > 0 and counts[2] > 0 and counts[0] > counts[1]
     preview = draw_regions(portrait, [list(map(int, r)) for r in
-                                      combine([torch.zeros(1, 2, WIN, 4)] * 2, [tracks.boxes[0], tracks.boxes[1]], boxes,
-                                              portrait.shape[1], portrait.shape[0])["regions"]], boxes)
+                                      combine([driver(5, 0.0)] * 2, [tracks.boxes[0], tracks.boxes[1]], boxes,
+                                              portrait.shape[1], portrait.shape[0]).regions], boxes)
     assert preview.shape == portrait.shape and (preview != portrait).any()

@@ -2,12 +2,10 @@
 
 import json
 import re
-import threading
-from http.server import ThreadingHTTPServer
 
 import pytest
 
-from fake_comfy import JSONHandler
+from fake_comfy import FakeComfy
 from fantasyportrait_core import FantasyPortraitError
 from fantasyportrait_core.tools.cli import main
 from fantasyportrait_core.tools.runner import fill_inputs, load_workflow
@@ -31,72 +29,20 @@ OBJECT_INFO = {
 }
 
 
-class FakeComfy(JSONHandler):
-    uploads: list = []
-    prompts: list = []
-    mode = "ok"
-    polls = 0
-
-    def do_POST(self):
-        data = self.rfile.read(int(self.headers["Content-Length"]))
-        if self.path == "/upload/image":
-            name = data.split(b'filename="')[1].split(b'"')[0].decode()
-            FakeComfy.uploads.append((name, len(data)))
-            return self._json(200, {"name": name, "subfolder": "", "type": "input"})
-        if self.path == "/prompt":
-            FakeComfy.prompts.append(json.loads(data))
-            if FakeComfy.mode == "invalid":
-                return self._json(400, {"error": {"type": "prompt_outputs_failed_validation",
-                                                  "message": "Prompt outputs failed validation", "details": ""},
-                                        "node_errors": {"16": {"class_type": "FantasyPortraitModelLoader", "errors": [
-                                            {"message": "Value not in list", "details": "model_name: 'x.ckpt'"}]}}})
-            return self._json(200, {"prompt_id": "p1", "number": 0, "node_errors": {}})
-        self._json(404, {})
-
-    def do_GET(self):
-        if self.path.startswith("/ws"):
-            return self._json(404, {})  # no websocket here: the runner polls
-        if self.path == "/object_info":
-            return self._json(200, OBJECT_INFO)
-        if self.path == "/history/p1":
-            FakeComfy.polls += 1
-            if FakeComfy.polls < 3:
-                return self._json(200, {})
-            if FakeComfy.mode == "error":
-                return self._json(200, {"p1": {"status": {"status_str": "error", "completed": False, "messages": [
-                    ["execution_start", {}],
-                    ["execution_error", {"node_id": "19", "node_type": "FantasyPortraitSampler",
-                                         "exception_type": "FantasyPortraitError",
-                                         "exception_message": "The portrait embeds cover 81 frames"}]]}}})
-            return self._json(200, {"p1": {"status": {"status_str": "success", "completed": True},
-                                           "outputs": {"3": {"images": [{"filename": "FP_0001.mp4", "subfolder": "video",
-                                                                         "type": "output"}], "animated": [True]}}}})
-        if self.path.startswith("/view?"):
-            assert "filename=FP_0001.mp4" in self.path and "subfolder=video" in self.path
-            body = b"MP4DATA"
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            return self.wfile.write(body)
-        self._json(404, {})
-
-
 @pytest.fixture
 def fake(tmp_path):
-    FakeComfy.uploads, FakeComfy.prompts, FakeComfy.mode, FakeComfy.polls = [], [], "ok", 0
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), FakeComfy)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
+    """The shared fake server (tests/fake_comfy.py), a workflow file and input files; yields (fake, tmp, wf)."""
+    server = FakeComfy(OBJECT_INFO, seconds=0.05, fail_seeds={13})
     wf = tmp_path / "wf_api.json"
     wf.write_text(json.dumps(WORKFLOW))
     for name in ("face.png", "drive1.mp4", "drive2.mp4"):
         (tmp_path / name).write_bytes(b"x" * 100)
-    yield f"http://127.0.0.1:{srv.server_address[1]}", tmp_path, wf
-    srv.shutdown()
+    yield server, tmp_path, wf
+    server.kill()
 
 
-def args(url, tmp, wf, *videos):
-    out = ["run", "--server", url, "--workflow", str(wf), "--image", str(tmp / "face.png"), "--out",
+def args(server, tmp, wf, *videos):
+    out = ["run", "--server", server.url, "--workflow", str(wf), "--image", str(tmp / "face.png"), "--out",
            str(tmp / "out" / "result.mp4"), "--timeout", "30"]
     for v in videos:
         out += ["--video", str(tmp / v)]
@@ -104,25 +50,32 @@ def args(url, tmp, wf, *videos):
 
 
 def test_run_uploads_fills_queues_and_downloads(fake, capsys):
-    url, tmp, wf = fake
-    assert main(args(url, tmp, wf, "drive1.mp4", "drive2.mp4")) == 0
-    assert [u[0] for u in FakeComfy.uploads] == ["face.png", "drive1.mp4", "drive2.mp4"]
-    sent = FakeComfy.prompts[0]["prompt"]
+    server, tmp, wf = fake
+    assert main(args(server, tmp, wf, "drive1.mp4", "drive2.mp4")) == 0
+    assert list(server.uploads) == ["face.png", "drive1.mp4", "drive2.mp4"]
+    (body,) = server.posted
+    sent = body["prompt"]
     assert sent["1"]["inputs"]["image"] == "face.png"
     assert sent["2"]["inputs"]["file"] == "drive1.mp4" and sent["10"]["inputs"]["file"] == "drive2.mp4"
-    assert FakeComfy.prompts[0]["client_id"]
-    assert (tmp / "out" / "result.mp4").read_bytes() == b"MP4DATA"
-    assert "queued as p1" in capsys.readouterr().err
+    assert body["client_id"]
+    (pid, _), = server.executed
+    assert (tmp / "out" / "result.mp4").read_bytes() == f"VIDEO {pid}.mp4".encode()  # the SaveVideo output
+    assert f"queued as {pid}" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("mode, message", [
-    ("invalid", "node 16 (FantasyPortraitModelLoader): Value not in list model_name: 'x.ckpt'"),  # validation
-    ("error", "node 19 (FantasyPortraitSampler) failed: FantasyPortraitError: The portrait embeds cover 81 frames"),
+REFUSED = {"16": {"class_type": "FantasyPortraitModelLoader", "errors": [
+    {"message": "Value not in list", "details": "model_name: 'x.ckpt'"}]}}
+
+
+@pytest.mark.parametrize("refuse, seed, message", [
+    (REFUSED, 1, "node 16 (FantasyPortraitModelLoader): Value not in list model_name: 'x.ckpt'"),  # validation
+    (None, 13, "node 19 (FantasyPortraitSampler) failed: FantasyPortraitError: bad input for this job"),  # running
 ])
-def test_a_failed_prompt_is_reported_with_the_node(fake, capsys, mode, message):
-    url, tmp, wf = fake
-    FakeComfy.mode = mode
-    assert main(args(url, tmp, wf, "drive1.mp4")) == 1
+def test_a_failed_prompt_is_reported_with_the_node(fake, capsys, refuse, seed, message):
+    server, tmp, wf = fake
+    server.refuse = refuse
+    wf.write_text(json.dumps({**WORKFLOW, "7": {"class_type": "KSampler", "inputs": {"seed": seed, "model": 1}}}))
+    assert main(args(server, tmp, wf, "drive1.mp4")) == 1
     assert message in capsys.readouterr().err
     assert not (tmp / "out" / "result.mp4").exists()
 
@@ -152,26 +105,26 @@ MODELS_WORKFLOW = {
 
 
 def test_missing_model_files_are_named_with_their_folder_before_queueing(fake, capsys):
-    url, tmp, wf = fake
+    server, tmp, wf = fake
     wf.write_text(json.dumps(MODELS_WORKFLOW))
-    assert main(args(url, tmp, wf, "drive1.mp4")) == 1
+    assert main(args(server, tmp, wf, "drive1.mp4")) == 1
     err = capsys.readouterr().err
     assert ("wan2.1_i2v_480p_14B_bf16.safetensors (node 5, UNETLoader.unet_name): put it in "
             "ComfyUI/models/diffusion_models/") in err
     assert "clip_vision_h" not in err  # present on the server (a V3 combo)
-    assert FakeComfy.prompts == [] and FakeComfy.uploads == []  # nothing was uploaded or queued
+    assert server.posted == [] and server.uploads == {}  # nothing was uploaded or queued
     # with --set naming a file the server has, it runs
-    assert main(args(url, tmp, wf, "drive1.mp4") + ["--set", "Load Wan.unet_name=wan2.1_i2v_480p_14B_fp8_e4m3fn"
-                                                    ".safetensors", "--set", "7.seed=12345"]) == 0
-    sent = FakeComfy.prompts[-1]["prompt"]
+    assert main(args(server, tmp, wf, "drive1.mp4") + ["--set", "Load Wan.unet_name=wan2.1_i2v_480p_14B_fp8_e4m3fn"
+                                                       ".safetensors", "--set", "7.seed=12345"]) == 0
+    sent = server.posted[-1]["prompt"]
     assert sent["5"]["inputs"]["unet_name"] == "wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors"
     assert sent["7"]["inputs"]["seed"] == 12345  # JSON values keep their type
 
 
 def test_unknown_node_types_are_reported(fake, capsys):
-    url, tmp, wf = fake
+    server, tmp, wf = fake
     wf.write_text(json.dumps({**WORKFLOW, "9": {"class_type": "FantasyPortraitSampler", "inputs": {}}}))
-    assert main(args(url, tmp, wf)) == 1
+    assert main(args(server, tmp, wf)) == 1
     assert "The server has no node type(s) FantasyPortraitSampler" in capsys.readouterr().err
 
 

@@ -44,10 +44,10 @@ def comfy(tmp_path):
 @pytest.fixture
 def hub(monkeypatch, request):
     """The fake hub; pip's step is recorded instead of run (it imports torch and runs pip: seconds per
-    call), except in the one test that asks for the real thing (``real_pip`` in its name)."""
+    call), except in a test marked ``real_pip``."""
     fake = FakeHub(FILES)
     fake.pip_calls = []
-    if "real_pip" not in request.node.name:
+    if request.node.get_closest_marker("real_pip") is None:
         monkeypatch.setattr(fp_setup, "install_requirements",
                             lambda python, pack, say, dry_run: fake.pip_calls.append((python, pack, dry_run)))
     monkeypatch.setenv("HF_ENDPOINT", fake.url)
@@ -74,7 +74,8 @@ def placed(root):
     return out
 
 
-def test_files_land_where_comfyui_reads_them_and_a_second_run_downloads_nothing_real_pip(comfy, hub, capsys):
+@pytest.mark.real_pip
+def test_files_land_where_comfyui_reads_them_and_a_second_run_downloads_nothing(comfy, hub, capsys):
     root, _ = comfy
     assert setup(comfy) == 0
     err = capsys.readouterr().err

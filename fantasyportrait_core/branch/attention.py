@@ -11,8 +11,9 @@ with no norm on ``K_t``. The block then computes ``W_o(x_txt + x_img + scale * x
 cross-attention output is exactly the same. This module returns ``scale * x_ad``, i.e. the
 branch output *before* the output projection.
 
-``K_t`` and ``V_t`` do not depend on the sampling step: compute them once per run with
-:func:`project_window_kv` and pass them to :func:`adapter_cross_attention` at every step.
+``K_t`` and ``V_t`` depend only on the windows and the block. The patched model projects them with
+:func:`project_window_kv` inside each block call (about 0.2% of a 480p x 81-frame step's FLOPs) instead of
+keeping 40 blocks' K/V for the whole run, so between block calls only the windows stay on the device.
 
 Masks (multi-person): ``mask[t, l, w]`` is True where query token ``l`` of latent frame ``t``
 may attend to window slot ``w``. A query whose mask row is all False attends to nothing: its
@@ -151,10 +152,3 @@ class AdapterProjections(torch.nn.Module):
             block.v = torch.nn.Parameter(v, requires_grad=False)
             blocks.append(block)
         self.blocks = torch.nn.ModuleList(blocks)
-
-    def __len__(self) -> int:
-        return len(self.blocks)
-
-    def project(self, index: int, windows: torch.Tensor):
-        block = self.blocks[index]
-        return project_window_kv(windows, block.k, block.v)

@@ -20,13 +20,16 @@ each face attends to the *other* drivers. This module builds the intended mask d
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..errors import FantasyPortraitError
 from ..sizing import MULTIPLE as TOKEN_STRIDE  # pixels per Wan token side: VAE 8 x patch 2
-from ..tokens.windows import frame_count_of_latent
+from ..tokens.encoding import ExpressionTokens
+from ..tokens.windows import latent_frame_count
+from ..video import shortest
 
 MOTION_CAP = 0.25
 
@@ -151,52 +154,54 @@ def parse_strengths(text: str, count: int) -> list[float]:
     return values
 
 
-def common_length(windows: list[torch.Tensor]) -> tuple[list[torch.Tensor], str | None]:
-    """Trim every person's windows ``[1, T, W, C]`` to the shortest clip (a latent-frame prefix is
-    exactly the windows of the shorter clip)."""
-    lengths = [w.shape[1] for w in windows]
-    t = min(lengths)
-    if len(set(lengths)) == 1:
-        return windows, None
-    frames = [frame_count_of_latent(n) for n in lengths]
-    return [w[:, :t] for w in windows], (
-        f"the drivers have {', '.join(map(str, frames))} frames; all were trimmed to the shortest, "
-        f"{frame_count_of_latent(t)}")
+def common_length(drivers: list[ExpressionTokens]) -> tuple[list[ExpressionTokens], str | None]:
+    """Cut every driver to the shortest clip: a latent-frame prefix of the windows (and the tokens of its
+    frames) is exactly what the shorter clip gives."""
+    frames, note = shortest([d.num_frames for d in drivers], "the drivers")
+    if note is None:
+        return drivers, None
+    t_lat = latent_frame_count(frames)
+    return [ExpressionTokens(d.tokens[:, :frames * d.tokens_per_frame], d.windows[:, :t_lat], frames,
+                             d.tokens_per_frame) for d in drivers], note
 
 
-def combine(windows: list[torch.Tensor], driver_boxes: list[np.ndarray], face_boxes: np.ndarray,
+@dataclass
+class Combined:
+    """Several persons for the patched model, everything in face order (faces left to right)."""
+
+    expression: ExpressionTokens  # tokens [N, F*n, C] (one row per face), windows [1, T, N*W, C] side by side
+    mask: torch.Tensor  # [T, L, N*W] (one frame's, expanded), True = may attend
+    query_scale: torch.Tensor  # [L] per-token strength (each person's inside their region)
+    regions: list  # per face, its region in output pixels
+    labels: torch.Tensor  # [L] per-token person label (0 = background)
+    notes: list[str] = field(default_factory=list)
+
+
+def combine(drivers: list[ExpressionTokens], driver_boxes: list[np.ndarray], face_boxes: np.ndarray,
             width: int, height: int, mapping: list[int] | None = None, background: str = "all",
-            strengths=None) -> dict:
-    """Everything the patched model needs for several persons.
-
-    ``windows[k]`` / ``driver_boxes[k]``: driver k's windows ``[1, T, W, C]`` and face boxes ``[F, 4]``;
-    ``face_boxes``: the portrait's faces in output pixels, left to right. Returns ``windows``
-    ``[1, T, N*W, C]`` (face order), ``mask`` ``[T, L, N*W]``, ``query_scale`` ``[L]``, ``regions``,
-    ``tokens`` (per-token labels) and ``notes``.
-    """
+            strengths=None) -> Combined:
+    """Everything the patched model needs for several persons. ``drivers[k]`` / ``driver_boxes[k]``: driver k's
+    tokens and windows and face boxes ``[F, 4]``; ``face_boxes``: the portrait's faces in output pixels, left to
+    right; face ``i`` is driven by driver ``mapping[i]`` (default: driver i); ``strengths`` per face."""
     n = len(face_boxes)
     if n < 1:
         raise FantasyPortraitError("No face was found in the portrait image.")
-    if len(windows) != n:
+    if len(drivers) != n:
         raise FantasyPortraitError(
-            f"The portrait has {n} face(s) but {len(windows)} driver(s) were given: give one driver per face "
+            f"The portrait has {n} face(s) but {len(drivers)} driver(s) were given: give one driver per face "
             "(persons from one video, or one video per person; in ComfyUI one FantasyPortrait Encode per face).")
     mapping = list(range(n)) if mapping is None else mapping
-    windows, note = common_length(windows)
-    notes = [note] if note else []
-    order = [windows[mapping[i]] for i in range(n)]
+    drivers, note = common_length(drivers)
+    faces = [drivers[mapping[i]] for i in range(n)]  # the one place where face order is decided
     regions = [expand_region(face_boxes[i], motion_margins(driver_boxes[mapping[i]]), width, height)
                for i in range(n)]
-    tokens = token_labels(label_map(regions, width, height))
-    t_lat, win = order[0].shape[1], order[0].shape[2]
-    return {
-        "windows": torch.cat(order, dim=2),
-        "mask": build_mask(tokens, n, win, t_lat, background),
-        "query_scale": query_scales(tokens, strengths or [1.0] * n),
-        "regions": regions,
-        "tokens": tokens,
-        "notes": notes,
-    }
+    labels = token_labels(label_map(regions, width, height))
+    first = faces[0]
+    t_lat, win = first.windows.shape[1], first.windows.shape[2]
+    expression = ExpressionTokens(torch.cat([f.tokens for f in faces]), torch.cat([f.windows for f in faces], dim=2),
+                                  first.num_frames, first.tokens_per_frame)
+    return Combined(expression, build_mask(labels, n, win, t_lat, background),
+                    query_scales(labels, strengths or [1.0] * n), regions, labels, [note] if note else [])
 
 
 def draw_regions(image: np.ndarray, regions, face_boxes=None) -> np.ndarray:

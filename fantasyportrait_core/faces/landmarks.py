@@ -18,7 +18,7 @@ from .onnx_runtime import check_io, get_session
 LMK_SIZE = 128
 LMK_EXPAND = 0.15
 LMK_PASSES = 3
-LMK_COUNT = 222
+LMK_COUNT = 222  # points per face of the released landmark model
 EYE_CORNERS = (74, 96)
 FACE_PROB_THRESHOLD = 1e-4
 

@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import FantasyPortraitError
 from .detector import FaceDetector
 from .frames import check_frame
-from .landmarks import FACE_PROB_THRESHOLD, LandmarkModel, LandmarkResult, landmark_box
+from .landmarks import FACE_PROB_THRESHOLD, LMK_COUNT, LandmarkModel, LandmarkResult, landmark_box
 from .smoothing import LandmarkSmoother
 
 DEFAULT_MIN_FACE = 96  # released: faces whose landmark box is smaller are dropped
@@ -244,7 +244,7 @@ def _assemble(tracks: list[_Track], num_frames: int, frame_hw) -> FaceTracks:
     order = sorted(range(len(tracks)), key=lambda t: first_x(tracks[t]))
     persons = len(order)
     boxes = np.zeros((persons, num_frames, 4), np.float32)
-    lmks = np.zeros((persons, num_frames, 222, 2), np.float32)
+    lmks = np.zeros((persons, num_frames, LMK_COUNT, 2), np.float32)
     valid = np.zeros((persons, num_frames), bool)
     notes = []
     for p, t in enumerate(order):

@@ -199,15 +199,10 @@ def iter_preview(frames, tracks: FaceTracks, landmarks: bool = True, max_side: i
         yield _draw(np.asarray(frame), f, tracks, landmarks, max_side)
 
 
-def draw_preview(frames, tracks: FaceTracks, landmarks: bool = True, max_side: int | None = None) -> np.ndarray:
-    """All preview frames (see :func:`iter_preview`) as one ``[F, h, w, 3]`` uint8 array; with
-    ``max_side`` only the shrunk previews are held, never a full-size copy of the clip."""
-    return crops_and_preview(frames, tracks, max_side, crops=False, landmarks=landmarks)[1]
-
-
 def crops_and_preview(frames, tracks: FaceTracks, max_side: int | None = None, crops: bool = True,
                       landmarks: bool = True, progress: ProgressFn | None = None) -> tuple[np.ndarray | None, np.ndarray]:
-    """The aligned faces (as :func:`aligned_crops`) and the preview (as :func:`draw_preview`) in one
+    """The aligned faces (as :func:`aligned_crops`) and the preview (as :func:`iter_preview` draws it, with
+    ``max_side`` shrunk frame by frame, never a full-size copy of the clip) in one
     pass over ``frames``, so a lazily decoded clip is decoded once for both; ``progress(done, total)``
     after each frame."""
     faces = np.zeros((tracks.num_persons, tracks.num_frames, CROP_SIZE, CROP_SIZE, 3), np.uint8) if crops else None

@@ -151,12 +151,6 @@ class ExpressionEncoder(nn.Module):
     def tokens_per_frame(self) -> int:
         return len(PROJ_PARTS) + self.mouth_proj_model.num_queries + self.emo_proj_model.num_queries
 
-    def group_slices(self) -> dict[str, slice]:
-        """Token positions of each group within one frame's tokens."""
-        n_proj, n_mouth = len(PROJ_PARTS), self.mouth_proj_model.num_queries
-        return {"proj": slice(0, n_proj), "mouth": slice(n_proj, n_proj + n_mouth),
-                "emo": slice(n_proj + n_mouth, self.tokens_per_frame)}
-
     def forward(self, features: torch.Tensor, scales: GroupScales = GroupScales()) -> torch.Tensor:
         features = self.check_features(features)
         param = self.proj_model.norm.weight

@@ -53,9 +53,6 @@ class AdapterBlocks:
     def token_dim(self) -> int:
         return next(iter(self.weights.values()))[0].shape[1]
 
-    def to(self, *args, **kwargs) -> "AdapterBlocks":
-        return AdapterBlocks({i: (k.to(*args, **kwargs), v.to(*args, **kwargs)) for i, (k, v) in self.weights.items()})
-
 
 @dataclass
 class FantasyPortraitAdapter:

@@ -12,7 +12,7 @@ from .windows import build_windows, check_frame_count
 
 
 @dataclass
-class PortraitEmbeds:
+class ExpressionTokens:
     """Expression tokens and windows of P persons (each person is one batch row)."""
 
     tokens: torch.Tensor   # [P, F*n, C]
@@ -24,7 +24,7 @@ class PortraitEmbeds:
 @torch.inference_mode()
 def encode_features(encoder: ExpressionEncoder, features: torch.Tensor, scales: GroupScales = GroupScales(),
                     frames_per_chunk: int = 64,
-                    progress: Callable[[int, int], None] | None = None) -> PortraitEmbeds:
+                    progress: Callable[[int, int], None] | None = None) -> ExpressionTokens:
     """Encode ``[P, F, 554]`` features (F must be 4k+1) into tokens and windows.
 
     Frames are encoded in chunks of ``frames_per_chunk`` (each frame is independent), calling
@@ -40,5 +40,5 @@ def encode_features(encoder: ExpressionEncoder, features: torch.Tensor, scales: 
             progress(min(start + frames_per_chunk, frames), frames)
     tokens = torch.cat(chunks, dim=1)
     n = encoder.tokens_per_frame
-    return PortraitEmbeds(tokens=tokens, windows=build_windows(tokens, frames, n), num_frames=frames,
+    return ExpressionTokens(tokens=tokens, windows=build_windows(tokens, frames, n), num_frames=frames,
                           tokens_per_frame=n)

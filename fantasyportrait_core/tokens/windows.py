@@ -84,8 +84,8 @@ def window_indices(num_frames: int, tokens_per_frame: int) -> torch.Tensor:
 def build_windows(tokens: torch.Tensor, num_frames: int, tokens_per_frame: int) -> torch.Tensor:
     """Turn ``[B, F*n, C]`` frame-major tokens into ``[B, T_lat, 4n+1, C]`` windows.
 
-    Works on any per-token tensor, so it can window precomputed keys and values as well as
-    the raw tokens (the adapter's K/V projections are bias-free, so zero tokens stay zero).
+    Works on any per-token tensor. The windows hold the raw tokens; the patched model projects them
+    to keys and values per block call (the projections are bias-free, so zero tokens stay zero).
     """
     if tokens.ndim != 3:
         raise FantasyPortraitError(

@@ -120,9 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--fit", choices=("error", "trim", "pad"), default="error",
                      help="what to do when F is not 4k+1: refuse (default), trim to the largest 4k+1 "
                           "(released behaviour) or pad by repeating the last frame")
-    enc.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
-                     help="precision of the adapter's K/V weights (unused here); the token encoder runs in fp32 "
-                          "and the output is float32")
     enc.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu or cuda (default cpu)")
 
     run = _command(sub, "run", _cmd_run,
@@ -294,7 +291,7 @@ def _cmd_extract(args) -> int:
     from safetensors.torch import save_file
 
     from ..motion.extraction import extract_features, iter_preview, load_face_models
-    from ..video import RELEASED_MULTI_FPS, DrivingFrames, write_video
+    from ..video import RELEASED_MULTI_FPS, DrivingFrames, shortest, write_video
     from ..tokens.windows import check_clip_length
 
     if args.max_frames is not None and args.max_frames < 1:
@@ -321,10 +318,9 @@ def _cmd_extract(args) -> int:
             print(f"fantasyportrait: {os.path.basename(path)} runs at {clip.source_fps:g} fps; retimed to "
                   f"{clip.fps:g} fps", file=sys.stderr)
     target_fps = clips[0].fps
-    frames = min(len(c) for c in clips)
-    if any(len(c) != frames for c in clips):
-        print(f"fantasyportrait: the videos have {', '.join(str(len(c)) for c in clips)} frames; "
-              f"all are trimmed to the shortest, {frames}", file=sys.stderr)
+    frames, note = shortest([len(c) for c in clips], "the videos")
+    if note:
+        print(f"fantasyportrait: {note}", file=sys.stderr)
         clips = [clip.first(frames) for clip in clips]
 
     results = []
@@ -404,7 +400,7 @@ def _cmd_encode(args) -> int:
         if not cv2.imwrite(args.motion_preview, preview[..., ::-1]):
             raise FantasyPortraitError(f"Cannot write the motion preview {args.motion_preview} (use a .png name).")
 
-    adapter = load_adapter(args.adapter, dtype=args.dtype)
+    adapter = load_adapter(args.adapter)
     try:
         device = torch.device(args.device)
         encoder = adapter.encoder.to(device)

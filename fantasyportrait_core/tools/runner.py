@@ -492,12 +492,15 @@ def comfyui_python(comfy_dir: str, explicit: str | None = None) -> str:
 class PrivateServer:
     """A headless ComfyUI on a free loopback port, started for one run and always stopped after it
     (also on errors and Ctrl-C). ``python``: the interpreter of that ComfyUI (default: :func:`comfyui_python`,
-    the one ComfyUI was installed with)."""
+    the one ComfyUI was installed with); its output goes to ``log_path`` (default: a new temporary file);
+    ``env``: variables added to its environment."""
 
     def __init__(self, comfyui_dir: str, python: str | None = None, extra_args=(), ready_timeout: float = 300.0,
-                 progress: Callable[[str], None] = lambda s: None):
+                 progress: Callable[[str], None] = lambda s: None, log_path: str | None = None,
+                 env: dict | None = None):
         self.dir, self.python = comfyui_dir, comfyui_python(comfyui_dir, python)
         self.extra_args, self.ready_timeout, self.progress = list(extra_args), ready_timeout, progress
+        self.log_path, self.env = log_path, env
         self.proc = None
         self.url = None
 
@@ -506,10 +509,12 @@ class PrivateServer:
         import tempfile
 
         port = _free_port()
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="fantasyportrait-comfyui-", suffix=".log", delete=False)
+        self.log = (open(self.log_path, "w+") if self.log_path else
+                    tempfile.NamedTemporaryFile("w+", prefix="fantasyportrait-comfyui-", suffix=".log", delete=False))
         self.proc = subprocess.Popen(
             [self.python, "main.py", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
-             *self.extra_args], cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT)
+             *self.extra_args], cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env} if self.env else None)
         self.url = f"http://127.0.0.1:{port}"
         self.progress(f"starting ComfyUI from {self.dir} on {self.url} (log: {self.log.name})")
         client = ComfyClient(self.url, timeout=5)

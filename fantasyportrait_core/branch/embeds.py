@@ -1,4 +1,5 @@
-"""What the Wan branch is given: one typed object, the pack's FANTASYPORTRAIT_EMBEDS between nodes."""
+"""What the Wan branch is given: one typed object, the pack's FANTASYPORTRAIT_EMBEDS socket (the nodes' input and
+output ``portrait_embeds``) between nodes."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..tokens.encoding import PortraitEmbeds
+from ..tokens.encoding import ExpressionTokens
 
 
 @dataclass
-class PortraitConditioning:
+class PortraitEmbeds:
     """Expression tokens and windows of one or several persons, and how the branch uses them.
 
     From FantasyPortrait Encode (one driver): ``driver_boxes`` holds the driver's face box per frame,
@@ -21,7 +22,7 @@ class PortraitConditioning:
     strengths) and the output ``size`` (width, height) the mask was built for.
     """
 
-    embeds: PortraitEmbeds
+    expression: ExpressionTokens
     fps: float | None = None
     driver_boxes: np.ndarray | None = None
     mask: torch.Tensor | None = None
