@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import weakref
 
-import torch
-
 import comfy.model_management
 import comfy.model_patcher
 

@@ -4,20 +4,12 @@ host running the test predates a contract, the test builds the newer object the 
 (cited per test) defines it."""
 
 import inspect
-import os
 import types
 
 import pytest
 
-from conftest import ROOT
-from media import media_path, model_path, read_frames
-
-
-@pytest.fixture(scope="module")
-def H():
-    from comfy_inproc import boot
-
-    return boot(os.environ["COMFYUI_DIR"], ROOT)
+from comfy_inproc import H, faces  # noqa: F401 (fixtures)
+from media import media_path, read_frames
 
 
 # --- VIDEO: trim window and crop -------------------------------------------------------------------------------
@@ -54,15 +46,6 @@ def newer_video_class():
                                       crop=(x, y, width, height))
 
     return NewerVideoFromFile
-
-
-@pytest.fixture(scope="module")
-def faces(H):
-    from fantasyportrait_pack.fantasyportrait_core.faces.detector import FaceDetector
-    from fantasyportrait_pack.fantasyportrait_core.faces.landmarks import LandmarkModel
-    from fantasyportrait_pack.fantasyportrait_core.motion.extraction import FaceModels
-
-    return FaceModels(FaceDetector(model_path("face_det.onnx")), LandmarkModel(model_path("face_landmark.onnx")))
 
 
 def test_a_trimmed_and_cropped_video_is_tracked_on_its_window_and_crop(H, faces):

@@ -2,36 +2,20 @@
 ComfyUI's executor calls them: the V3 entry point, the sampler against the stock one, the block against the
 released formula, Encode, the frame-count checks, the Face Tracker on core's VIDEO, Output Size, Motion Control."""
 
-import os
 
 import numpy as np
 import pytest
 
 from comfy_servers import FAMILIES
-from comfy_inproc import apply, block_inputs, call_block_patch, custom, fp_sampler, ksampler, max_diff, rel
-from conftest import ROOT
-from media import media_path, model_path, read_frames
+from comfy_inproc import H, faces  # noqa: F401 (fixtures)
+from comfy_inproc import apply, block_inputs, call_block_patch, custom, error_of, fp_sampler, ksampler, max_diff, rel
+from media import media_path, read_frames
 
-
-
-@pytest.fixture(scope="module")
-def H():
-    from comfy_inproc import boot
-
-    return boot(os.environ["COMFYUI_DIR"], ROOT)
 
 
 @pytest.fixture(scope="module")
 def stock(H):
     return ksampler(H, H.model)
-
-
-def error_of(fn):
-    try:
-        fn()
-    except Exception as exc:  # noqa: BLE001
-        return str(exc)
-    return None
 
 
 def test_the_nodes_come_through_the_v3_entry_point(H):
@@ -167,15 +151,6 @@ def test_motion_control_node(H):
     assert bool((edited.features[1, :, :6] == two.features[1, :1, :6]).all())  # person 1's head frozen
     assert list(preview.shape) == [1, 440, 640, 3]  # an IMAGE in 0..1 on a white background
     assert 0.0 <= float(preview.min()) < 0.3 and float(preview.max()) == 1.0
-
-
-@pytest.fixture(scope="module")
-def faces(H):
-    from fantasyportrait_pack.fantasyportrait_core.faces.detector import FaceDetector
-    from fantasyportrait_pack.fantasyportrait_core.faces.landmarks import LandmarkModel
-    from fantasyportrait_pack.fantasyportrait_core.motion.extraction import FaceModels
-
-    return FaceModels(FaceDetector(model_path("face_det.onnx")), LandmarkModel(model_path("face_landmark.onnx")))
 
 
 def test_tracker_reads_only_the_used_frames_of_a_core_video(H, faces):

@@ -9,15 +9,8 @@ import types
 
 import pytest
 
-from comfy_inproc import apply, block_inputs, call_block_patch, custom, fp_sampler, ksampler, max_diff, rel
-from conftest import ROOT
-
-
-@pytest.fixture(scope="module")
-def H():
-    from comfy_inproc import boot
-
-    return boot(os.environ["COMFYUI_DIR"], ROOT)
+from comfy_inproc import H  # noqa: F401 (fixture)
+from comfy_inproc import apply, block_inputs, call_block_patch, custom, error_of, fp_sampler, ksampler, max_diff, rel
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +21,6 @@ def applied(H):
 @pytest.fixture(scope="module")
 def state(H, applied):
     return H.wan_patch.portrait_state(applied)
-
-
-def error_of(fn):
-    try:
-        fn()
-    except Exception as exc:  # noqa: BLE001
-        return f"{type(exc).__name__}: {exc}"
-    return None
 
 
 def guider(H, m, cfg, pcfg, pos=None, neg=None):
