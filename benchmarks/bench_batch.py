@@ -43,7 +43,7 @@ def write_jobs(path, image, video, seeds):
 
 
 def run_batch_on(jobs, servers, out_dir, per_server=1):
-    from fantasyportrait_core.tools.batch import run_batch
+    from fantasyportrait_tools.batch import run_batch
 
     t0 = time.perf_counter()
     code = run_batch(jobs, [(s.url, {}) for s in servers], out_dir=out_dir, per_server=per_server,
@@ -54,8 +54,8 @@ def run_batch_on(jobs, servers, out_dir, per_server=1):
 
 def by_hand(jobs, server, out_dir):
     """The least a client must do: the same prompts, all posted at once, then collected."""
-    from fantasyportrait_core.tools.batch import job_workflow, load_jobs
-    from fantasyportrait_core.tools.runner import ComfyClient, fill_inputs, saved_files
+    from fantasyportrait_tools.batch import job_workflow, load_jobs
+    from fantasyportrait_tools.runner import ComfyClient, fill_inputs, saved_files
 
     job_list, workflows = load_jobs(jobs)
     t0 = time.perf_counter()

@@ -206,7 +206,7 @@ def memory(args):
     for name in ("face_det.onnx", "face_landmark.onnx"):
         os.symlink(os.path.join(args.models, name), os.path.join(models, name))
     torch.save(MotionEncoder().state_dict(), os.path.join(models, "pd_fpg.pth"))
-    extract = [sys.executable, "-m", "fantasyportrait_core", "extract", "--models", models,
+    extract = [sys.executable, "-m", "fantasyportrait_tools", "extract", "--models", models,
                "--out", os.path.join(tmp, "f.safetensors")]
     for seconds, frames in ((60, "81"), (10, "0"), (20, "0")):
         clip = os.path.join(tmp, f"clip_{seconds}s.mp4")

@@ -27,7 +27,7 @@ def shipped_path(name: str) -> str:
 
 def node_ids(name: str, cls: str) -> list[str]:
     """The ids of a shipped workflow's nodes of class ``cls``, in the runner's node order."""
-    from fantasyportrait_core.tools.runner import load_workflow, nodes_of_class
+    from fantasyportrait_tools.workflow import load_workflow, nodes_of_class
 
     return nodes_of_class(load_workflow(shipped_path(name)), cls)
 
@@ -61,7 +61,7 @@ class ComfyServer:
     ``batch`` start), its output in ``log_path``: ``url``, ``log`` (path), ``proc``, ``stop()``, ``kill()``."""
 
     def __init__(self, base, log_path, frontend_root=None, env=None):
-        from fantasyportrait_core.tools.runner import PrivateServer
+        from fantasyportrait_tools.private import PrivateServer
 
         self.base, self.log = base, log_path
         front = [] if frontend_root is None else ["--front-end-root", str(frontend_root)]

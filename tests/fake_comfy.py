@@ -176,3 +176,23 @@ class FakeComfy:
                 else:
                     self.history[pid] = {"status": {"status_str": "success", "completed": True}, "outputs": {
                         "22": {"images": [{"filename": f"{pid}.mp4", "subfolder": "video", "type": "output"}]}}}
+
+
+#: a small API workflow (an image, two driving videos, the output) and the server's /object_info for it
+WORKFLOW = {
+    "1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}},
+    "2": {"class_type": "LoadVideo", "inputs": {"file": "a.mp4"}},
+    "10": {"class_type": "LoadVideo", "inputs": {"file": "b.mp4"}},
+    "3": {"class_type": "SaveVideo", "inputs": {"video": ["2", 0]}},
+}
+
+
+OBJECT_INFO = {
+    "LoadImage": {"input": {"required": {"image": [["x.png"], {"image_upload": True}]}}},
+    "LoadVideo": {"input": {"required": {"file": [["a.mp4"], {"video_upload": True}]}}},
+    "SaveVideo": {"input": {"required": {"video": ["VIDEO", {}]}}},
+    "UNETLoader": {"input": {"required": {"unet_name": [["wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors"], {}],
+                                          "weight_dtype": [["default", "fp8_e4m3fn"], {}]}}},
+    "CLIPVisionLoader": {"input": {"required": {"clip_name": ["COMBO", {"options": ["clip_vision_h.safetensors"]}]}}},
+    "KSampler": {"input": {"required": {"seed": ["INT", {}], "model": ["MODEL", {}]}}},
+}

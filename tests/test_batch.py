@@ -12,9 +12,9 @@ import pytest
 
 from conftest import ROOT
 from fake_comfy import FakeComfy
-from fantasyportrait_core.tools.batch import load_jobs, parse_servers, read_manifest, run_batch
-from fantasyportrait_core.tools.cli import main
-from fantasyportrait_core.tools.runner import MODEL_FOLDERS
+from fantasyportrait_tools.batch import load_jobs, parse_servers, read_manifest, run_batch
+from fantasyportrait_tools.cli import main
+from fantasyportrait_tools.workflow import MODEL_FOLDERS
 
 SINGLE = os.path.join(ROOT, "workflows", "api", "fantasyportrait_single_api.json")
 PEOPLE = os.path.join(ROOT, "workflows", "api", "fantasyportrait_people_from_videos_api.json")

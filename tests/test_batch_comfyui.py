@@ -14,7 +14,7 @@ import pytest
 
 from comfy_servers import ComfyServer, make_base, tiny_sets, two_person_clip
 from conftest import ROOT, requires_comfyui
-from fantasyportrait_core.tools.batch import read_manifest
+from fantasyportrait_tools.batch import read_manifest
 from media import media_path
 
 pytestmark = requires_comfyui
@@ -53,7 +53,7 @@ def jobs_file(path, farm, seeds, steps=2):
 
 def batch_cli(farm, jobs, *extra, background=False):
     urls = sum((["--server", s.url] for s in farm["servers"]), [])
-    cmd = [sys.executable, "-m", "fantasyportrait_core", "batch", jobs, *urls, "--timeout", "300", *extra]
+    cmd = [sys.executable, "-m", "fantasyportrait_tools", "batch", jobs, *urls, "--timeout", "300", *extra]
     if background:
         return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from checkpoint_factory import save_ckpt
 from fantasyportrait_core import build_windows, load_adapter
-from fantasyportrait_core.tools.cli import build_parser, main
+from fantasyportrait_tools.cli import build_parser, main
 
 ROOT = __import__("conftest").ROOT
 
@@ -82,7 +82,7 @@ def test_help_explains_every_option():
         for action in options:
             if action.default not in (None, False, [], argparse.SUPPRESS):
                 assert "default" in action.help or str(action.default) in action.help, (name, action.dest)
-        shown = subprocess.run([sys.executable, "-m", "fantasyportrait_core", name, "--help"], cwd=ROOT,
+        shown = subprocess.run([sys.executable, "-m", "fantasyportrait_tools", name, "--help"], cwd=ROOT,
                                capture_output=True, text=True)
         assert shown.returncode == 0, shown.stderr
         for action in options:

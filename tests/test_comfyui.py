@@ -107,7 +107,7 @@ def run_cli(server, workflow, out, image=None, videos=None, private=False):
               "--comfyui-arg=--disable-api-nodes", "--comfyui-arg=--use-pytorch-cross-attention",
               "--comfyui-arg=--base-directory", f"--comfyui-arg={server['tmp'] / 'base'}"] if private
              else ["--server", server["url"]])
-    return subprocess.run([sys.executable, "-m", "fantasyportrait_core", "run", *where, "--workflow", path,
+    return subprocess.run([sys.executable, "-m", "fantasyportrait_tools", "run", *where, "--workflow", path,
                            *sum((["--set", item] for item in sets), []),
                            "--image", image or media_path("man.jpeg"),
                            *sum((["--video", v] for v in videos), []), "--out", str(out), "--timeout", "300"],
@@ -219,7 +219,7 @@ def test_failed_run_reports_the_node_error(server):
 def test_cancel_leaves_the_server_healthy(server):
     import threading
 
-    from fantasyportrait_core.tools.runner import (ComfyClient, RunError, apply_overrides, fill_inputs, load_workflow,
+    from fantasyportrait_tools.runner import (ComfyClient, RunError, apply_overrides, fill_inputs, load_workflow,
                                              run_workflow)
 
     client = ComfyClient(server["url"])

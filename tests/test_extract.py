@@ -9,7 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from fantasyportrait_core import FantasyPortraitError
-from fantasyportrait_core.tools.cli import main
+from fantasyportrait_tools.cli import main
 from fantasyportrait_core.motion.extraction import FaceModels, extract_features
 from fantasyportrait_core.faces.detector import FaceDetector
 from fantasyportrait_core.faces.landmarks import LandmarkModel

@@ -1,5 +1,6 @@
 """The package follows the data: every module imports only from its own stage or earlier ones, the core
-never imports ComfyUI, and the README's layout table names paths that exist."""
+never imports ComfyUI nor the tools (the layer on top of it: ``fantasyportrait_tools`` may import the core,
+never the reverse), and the README's layout table names paths that exist."""
 
 import ast
 import os
@@ -10,7 +11,8 @@ from conftest import ROOT
 CORE = os.path.join(ROOT, "fantasyportrait_core")
 #: stage of each top-level module or subpackage, in data-flow order
 STAGES = {"errors": 0, "weights": 0, "video": 1, "faces": 2, "motion": 3, "tokens": 4, "branch": 5, "sizing": 5,
-          "tools": 6, "__init__": 6, "__main__": 6}
+          "__init__": 6}
+TOOLS = os.path.join(ROOT, "fantasyportrait_tools")
 
 
 def stage_of(dotted: str) -> int:
@@ -34,8 +36,8 @@ def imports_of(path: str, dotted: str):
             yield from (a.name for a in node.names)
 
 
-def core_modules():
-    for dirpath, dirs, files in os.walk(CORE):
+def core_modules(top=CORE):
+    for dirpath, dirs, files in os.walk(top):
         dirs[:] = [d for d in dirs if d != "__pycache__"]
         for f in files:
             if f.endswith(".py"):
@@ -55,11 +57,30 @@ def test_imports_only_go_downstream():
     assert len(list(core_modules())) >= 25
 
 
-def test_the_core_never_imports_comfyui():
+def test_the_core_never_imports_comfyui_nor_the_tools():
     for path, dotted in core_modules():
         for target in imports_of(path, dotted):
-            assert target.split(".")[0] not in ("comfy", "comfy_api", "folder_paths", "nodes", "comfy_extras"), \
-                f"{dotted} imports {target}"
+            assert target.split(".")[0] not in ("comfy", "comfy_api", "folder_paths", "nodes", "comfy_extras",
+                                                "fantasyportrait_tools"), f"{dotted} imports {target}"
+
+
+def test_the_tools_sit_on_the_core_and_stay_small():
+    """The tools import the core (never ComfyUI); no Python file of the pack is over 400 lines."""
+    tools = list(core_modules(TOOLS))
+    assert {dotted for _, dotted in tools} >= {"fantasyportrait_tools.cli", "fantasyportrait_tools.runner"}
+    for path, dotted in tools:
+        for target in imports_of(path, dotted):
+            assert target.split(".")[0] not in ("comfy", "comfy_api", "folder_paths", "nodes"), f"{dotted}: {target}"
+    long = []
+    for dirpath, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
+        for f in files:
+            if f.endswith(".py"):
+                with open(os.path.join(dirpath, f)) as fh:
+                    count = sum(1 for _ in fh)
+                if count > 400:
+                    long.append(f"{os.path.relpath(os.path.join(dirpath, f), ROOT)}: {count} lines")
+    assert long == []
 
 
 def test_the_readme_layout_table_matches_the_tree():

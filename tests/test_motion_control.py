@@ -134,7 +134,7 @@ def test_encode_cli_motion_control_and_preview(motion, tmp_path, tiny_adapter_st
     import cv2
 
     from checkpoint_factory import save_ckpt
-    from fantasyportrait_core.tools.cli import main
+    from fantasyportrait_tools.cli import main
 
     feats = tmp_path / "feats.safetensors"
     save_file({"features": motion.contiguous()}, str(feats))

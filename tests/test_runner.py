@@ -5,29 +5,10 @@ import re
 
 import pytest
 
-from fake_comfy import FakeComfy
+from fake_comfy import OBJECT_INFO, WORKFLOW, FakeComfy
 from fantasyportrait_core import FantasyPortraitError
-from fantasyportrait_core.tools.cli import main
-from fantasyportrait_core.tools.runner import fill_inputs, load_workflow
-
-WORKFLOW = {
-    "1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}},
-    "2": {"class_type": "LoadVideo", "inputs": {"file": "a.mp4"}},
-    "10": {"class_type": "LoadVideo", "inputs": {"file": "b.mp4"}},
-    "3": {"class_type": "SaveVideo", "inputs": {"video": ["2", 0]}},
-}
-
-
-OBJECT_INFO = {
-    "LoadImage": {"input": {"required": {"image": [["x.png"], {"image_upload": True}]}}},
-    "LoadVideo": {"input": {"required": {"file": [["a.mp4"], {"video_upload": True}]}}},
-    "SaveVideo": {"input": {"required": {"video": ["VIDEO", {}]}}},
-    "UNETLoader": {"input": {"required": {"unet_name": [["wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors"], {}],
-                                          "weight_dtype": [["default", "fp8_e4m3fn"], {}]}}},
-    "CLIPVisionLoader": {"input": {"required": {"clip_name": ["COMBO", {"options": ["clip_vision_h.safetensors"]}]}}},
-    "KSampler": {"input": {"required": {"seed": ["INT", {}], "model": ["MODEL", {}]}}},
-}
-
+from fantasyportrait_tools.cli import main
+from fantasyportrait_tools.workflow import fill_inputs, load_workflow
 
 @pytest.fixture
 def fake(tmp_path):
@@ -129,7 +110,7 @@ def test_unknown_node_types_are_reported(fake, capsys):
 
 
 def test_set_errors_name_what_is_wrong():
-    from fantasyportrait_core.tools.runner import apply_overrides
+    from fantasyportrait_tools.workflow import apply_overrides
 
     wf = MODELS_WORKFLOW
     assert apply_overrides(wf, ["KSampler.seed=3", "6.clip_name=other"])["6"]["inputs"]["clip_name"] == "other"
@@ -145,7 +126,7 @@ def test_set_errors_name_what_is_wrong():
 
 
 def test_private_server_needs_a_comfyui(tmp_path, capsys):
-    from fantasyportrait_core.tools.runner import find_comfyui
+    from fantasyportrait_tools.private import find_comfyui
 
     (tmp_path / "notcomfy").mkdir()
     with pytest.raises(FantasyPortraitError, match="notcomfy is not a ComfyUI folder"):
@@ -170,7 +151,7 @@ def test_a_private_server_runs_on_comfyuis_own_python(tmp_path):
     venv here), not the one running the command; --comfyui-python still wins."""
     import sys
 
-    from fantasyportrait_core.tools.runner import PrivateServer
+    from fantasyportrait_tools.private import PrivateServer
 
     venv_python = tmp_path / "ComfyUI" / "venv" / "bin" / "python"
     venv_python.parent.mkdir(parents=True)

@@ -11,8 +11,8 @@ import pytest
 
 from conftest import COMFYUI_DIR, COMFYUI_PYTHON, HAVE_COMFYUI
 from fake_hub import FakeHub
-from fantasyportrait_core.tools import setup as fp_setup
-from fantasyportrait_core.tools.cli import main
+from fantasyportrait_tools import setup as fp_setup
+from fantasyportrait_tools.cli import main
 
 FILES = {(f.repo, f.path): f"{f.name} ".encode() * 3000 + bytes([i])
          for i, f in enumerate(fp_setup.model_files() + fp_setup.model_files("bf16", "720p"))}
