@@ -6,8 +6,31 @@ machine without them can drive a remote ComfyUI; ``extract``/``encode`` import t
 import hashlib
 import os
 
-#: the pack's folder (the one ComfyUI loads from custom_nodes/)
+#: the folder above this package: the pack's own folder (the one ComfyUI loads from custom_nodes/) in a checkout,
+#: a registry zip or an editable install; site-packages after a normal ``pip install``
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def is_pack(folder: str) -> bool:
+    """Whether ``folder`` is the node pack itself (its ComfyUI entry point, nodes and workflows), not, say, a
+    site-packages folder that holds only the installed command line."""
+    entry = os.path.join(folder, "__init__.py")
+    if not (os.path.isfile(entry) and os.path.isdir(os.path.join(folder, "nodes"))
+            and os.path.isdir(os.path.join(folder, "workflows", "api"))):
+        return False
+    with open(entry, encoding="utf-8") as fh:
+        return "comfy_entrypoint" in fh.read()
+
+
+def shipped_workflow(name: str) -> str:
+    """The API file of a shipped workflow (``fantasyportrait_single``, ...): the pack's ``workflows/api/``, or the
+    copy installed with the package."""
+    own = os.path.join(PACK_DIR, "workflows", "api", f"{name}_api.json")
+    if os.path.isfile(own):
+        return own
+    import importlib.resources
+
+    return str(importlib.resources.files(__name__).joinpath("workflows", f"{name}_api.json"))
 
 
 def file_sha256(path: str) -> str:

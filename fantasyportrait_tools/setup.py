@@ -19,7 +19,7 @@ from typing import Callable
 
 from fantasyportrait_core.errors import FantasyPortraitError, require
 from fantasyportrait_core.sizing import RESOLUTIONS
-from . import PACK_DIR
+from . import PACK_DIR, is_pack
 from .hub import STAGING, STATE, ModelFile, Step, Verified, download, free_bytes, look_up, size_text
 from .private import comfyui_python
 from .workflow import load_workflow
@@ -121,12 +121,23 @@ def plan(files: list[ModelFile], dirs: dict[str, list[str]], verified: Verified 
 
 
 def install_pack(comfy_dir: str, say: Callable[[str], None], dry_run: bool) -> str:
-    """Copy the pack into ComfyUI's custom_nodes/ (unless it already lives there)."""
+    """Copy the pack's own folder into ComfyUI's custom_nodes/ (unless it already lives there). Installed as a
+    Python package (site-packages holds only the command line), the pack must already be in custom_nodes/, or
+    setup refuses and says how to put it there; it never copies a site-packages folder."""
     custom = os.path.join(comfy_dir, "custom_nodes")
-    if os.path.dirname(PACK_DIR) == os.path.abspath(custom):
+    target = os.path.join(custom, PACK_NAME)
+    if is_pack(PACK_DIR) and os.path.dirname(PACK_DIR) == os.path.abspath(custom):
         say(f"pack: already in {custom}")
         return PACK_DIR
-    target = os.path.join(custom, PACK_NAME)
+    if not is_pack(PACK_DIR):
+        if is_pack(target):
+            say(f"pack: already in {target}")
+            return target
+        raise FantasyPortraitError(
+            f"This fantasyportrait is installed as a Python package ({PACK_DIR}), which holds the command line but not "
+            f"the ComfyUI nodes, and {custom} has no FantasyPortrait pack. Put the pack there first: git clone "
+            f"https://github.com/fantasyportrait-comfy/ComfyUI-FantasyPortrait {target} (or install it with "
+            "ComfyUI-Manager), then run fantasyportrait setup again.")
     if dry_run:
         say(f"pack: would copy {PACK_DIR} to {target}")
         return target
@@ -192,7 +203,7 @@ def run_setup(comfyui: str | None = None, python: str | None = None, variant: st
                                    f"{os.path.dirname(todo[0].target)} has {size_text(free)} free. Free some space (or "
                                    "point the model folders elsewhere in extra_model_paths.yaml) and run setup again.")
     pack = install_pack(comfy_dir, say, dry_run)
-    install_requirements(python, PACK_DIR if dry_run else pack, say, dry_run)
+    install_requirements(python, PACK_DIR if dry_run and is_pack(PACK_DIR) else pack, say, dry_run)
     if dry_run:
         say("dry run: nothing was installed or downloaded")
         return 0

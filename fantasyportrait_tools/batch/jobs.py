@@ -14,12 +14,11 @@ from dataclasses import asdict, dataclass, field
 from fantasyportrait_core.errors import FantasyPortraitError
 from fantasyportrait_core.sizing import MULTIPLE, RESOLUTIONS
 
-from .. import PACK_DIR
+from .. import shipped_workflow
 from ..workflow import apply_overrides, load_workflow, nodes_of_class
 
 SHIPPED = {"single": "fantasyportrait_single", "two_from_one_video": "fantasyportrait_two_from_one_video",
            "people_from_videos": "fantasyportrait_people_from_videos"}
-WORKFLOW_DIR = os.path.join(PACK_DIR, "workflows", "api")
 
 #: named columns -> (value type, [(node class, input)] the value goes to; the first class present wins)
 NAMED = {
@@ -110,7 +109,7 @@ def _workflow_path(value: str | None, videos: int, base: str) -> str:
     if not value:
         value = "single" if videos <= 1 else "people_from_videos"
     if value in SHIPPED:
-        return os.path.join(WORKFLOW_DIR, f"{SHIPPED[value]}_api.json")
+        return shipped_workflow(SHIPPED[value])
     return os.path.abspath(_resolve(base, value))
 
 

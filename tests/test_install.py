@@ -1,0 +1,94 @@
+"""A normal (non-editable) install: the wheel built from the project's own files, in a new venv. Its command line
+works, finds the shipped workflows in the package, and ``setup`` never copies site-packages into ComfyUI: it
+refuses, saying how to put the pack there, or uses the pack already in custom_nodes/."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+SOURCES = ("pyproject.toml", "README.md", "fantasyportrait_core", "fantasyportrait_tools", "workflows")
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """A venv (seeing this Python's packages, not the project) with the project's wheel installed; the wheel is
+    built from a copy of the sources, so nothing is written into the work tree."""
+    tmp = tmp_path_factory.mktemp("install")
+    src = tmp / "src"
+    for name in SOURCES:
+        path = os.path.join(ROOT, name)
+        if os.path.isdir(path):
+            shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            src.mkdir(exist_ok=True)
+            shutil.copy(path, src / name)
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                            str(tmp / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr[-3000:]
+    (wheel,) = (tmp / "dist").glob("*.whl")
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(tmp / "venv")], check=True,
+                   timeout=120)
+    python = str(tmp / "venv" / "bin" / "python")
+    done = subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return tmp, python
+
+
+def test_every_package_of_the_tree_is_in_the_wheel():
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
+        listed = set(tomllib.load(fh)["tool"]["setuptools"]["packages"])
+    found = {os.path.relpath(d, ROOT).replace(os.sep, ".") for top in ("fantasyportrait_core", "fantasyportrait_tools")
+             for d, _, files in os.walk(os.path.join(ROOT, top)) if "__init__.py" in files}
+    assert listed == found | {"fantasyportrait_tools.workflows"}
+
+
+def test_the_wheel_holds_the_tools_and_the_shipped_workflows(installed):
+    tmp, python = installed
+    where = subprocess.run([python, "-c", "import fantasyportrait_tools as t; print(t.PACK_DIR); "
+                            "print(t.shipped_workflow('fantasyportrait_single'))"], capture_output=True, text=True,
+                           cwd=tmp, timeout=60)
+    assert where.returncode == 0, where.stderr
+    pack_dir, workflow = where.stdout.split()
+    assert "site-packages" in pack_dir and workflow.startswith(pack_dir)  # from the package, not a checkout
+    with open(workflow, "rb") as fh, open(os.path.join(ROOT, "workflows", "api", "fantasyportrait_single_api.json"),
+                                          "rb") as ours:
+        assert fh.read() == ours.read()
+    script = tmp / "venv" / "bin" / "fantasyportrait"
+    shown = subprocess.run([str(script), "run", "--help"], capture_output=True, text=True, cwd=tmp, timeout=60)
+    assert shown.returncode == 0 and "usage: fantasyportrait run" in shown.stdout, shown.stderr
+
+
+def test_setup_never_copies_site_packages_into_comfyui(installed, monkeypatch):
+    tmp, python = installed
+    comfy = tmp / "ComfyUI"
+    (comfy / "comfy").mkdir(parents=True)
+    (comfy / "main.py").write_text("")
+    (comfy / "custom_nodes").mkdir()
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    script = str(tmp / "venv" / "bin" / "fantasyportrait")
+
+    def setup():
+        return subprocess.run([script, "setup", "--comfyui", str(comfy), "--comfyui-python", python, "--dry-run"],
+                              capture_output=True, text=True, cwd=tmp, env=env, timeout=120)
+
+    refused = setup()
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "is installed as a Python package" in refused.stderr and "git clone" in refused.stderr
+    assert "site-packages to" not in refused.stdout + refused.stderr
+    assert os.listdir(comfy / "custom_nodes") == []  # nothing copied
+    # with the pack cloned into custom_nodes/ (a git clone or a registry zip), setup uses that one
+    pack = comfy / "custom_nodes" / "ComfyUI-FantasyPortrait"
+    shutil.copytree(ROOT, pack, ignore=shutil.ignore_patterns(".git", "__pycache__", "tests", "benchmarks"))
+    used = setup()
+    assert used.returncode == 0, used.stdout + used.stderr
+    said = used.stdout + used.stderr
+    assert f"pack: already in {pack}" in said
+    assert f"{pack}{os.sep}requirements.txt" in said  # its own requirements, not site-packages'
