@@ -161,6 +161,8 @@ def install_requirements(python: str, pack: str, say: Callable[[str], None], dry
     cmd = [python, "-m", "pip", "install", "-r", requirements]
     if dry_run:
         say(f"requirements: would run {' '.join(cmd)} with torch=={torch_version} held")
+        onnx = subprocess.run([python, os.path.join(pack, "install.py"), "--dry-run"], capture_output=True, text=True)
+        say(f"requirements: {onnx.stdout.strip()}")
         return
     import tempfile
 
@@ -174,6 +176,10 @@ def install_requirements(python: str, pack: str, say: Callable[[str], None], dry
     if done.returncode:
         raise FantasyPortraitError(f"pip could not install the pack's requirements into {python}:\n"
                                    f"{done.stdout[-1500:]}{done.stderr[-1500:]}")
+    onnx = subprocess.run([python, os.path.join(pack, "install.py")], capture_output=True, text=True)
+    say(f"requirements: {onnx.stdout.strip()}")  # ONNX Runtime, unless a build (e.g. onnxruntime-gpu) is there
+    if onnx.returncode:
+        raise FantasyPortraitError(f"ONNX Runtime could not be installed into {python}:\n{onnx.stderr[-1500:]}")
 
 
 def run_setup(comfyui: str | None = None, python: str | None = None, variant: str = "fp8", resolution: str = "480p",

@@ -92,3 +92,41 @@ def test_setup_never_copies_site_packages_into_comfyui(installed, monkeypatch):
     said = used.stdout + used.stderr
     assert f"pack: already in {pack}" in said
     assert f"{pack}{os.sep}requirements.txt" in said  # its own requirements, not site-packages'
+
+
+def _install_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fp_install", os.path.join(ROOT, "install.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Dist:
+    def __init__(self, name, version):
+        self.metadata, self.version = {"Name": name}, version
+
+
+@pytest.mark.parametrize("present, installs", [
+    ([("onnxruntime-gpu", "1.22.0"), ("numpy", "2.1")], None),  # a CUDA build is kept, nothing beside it
+    ([("onnxruntime_directml", "1.20.0")], None),
+    ([("onnxruntime", "1.23.2")], None),
+    ([("numpy", "2.1")], "onnxruntime"),  # none at all: the CPU build
+])
+def test_install_py_adds_onnx_runtime_only_where_none_is_installed(monkeypatch, capsys, present, installs):
+    """requirements.txt names no ONNX Runtime (a ComfyUI with onnxruntime-gpu would get the conflicting CPU build
+    beside it); install.py, which ComfyUI-Manager and setup run, installs one only where none is."""
+    with open(os.path.join(ROOT, "requirements.txt")) as fh:
+        assert not [line for line in fh if line.strip().startswith("onnxruntime")]
+    script = _install_script()
+    monkeypatch.setattr(script.importlib.metadata, "distributions", lambda: [_Dist(n, v) for n, v in present])
+    calls = []
+    monkeypatch.setattr(script.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    assert script.main([]) == 0
+    said = capsys.readouterr().out
+    if installs is None:
+        assert calls == [] and "ONNX Runtime is installed" in said and present[0][0].replace("_", "-") in said
+    else:
+        assert calls == [[sys.executable, "-m", "pip", "install", installs]]
+    assert script.main(["--dry-run"]) == 0 and len(calls) == (0 if installs is None else 1)  # dry run: no pip

@@ -7,12 +7,16 @@ cache would keep GPU memory that ComfyUI's "free memory" cannot release).
 
 from __future__ import annotations
 
+import logging
 import os
 
 from ..errors import FantasyPortraitError, require
 
+log = logging.getLogger("FantasyPortrait")
+
 
 def default_providers() -> list[str]:
+    """CUDA when the installed ONNX Runtime build has it (onnxruntime-gpu), else the CPU."""
     ort = require("onnxruntime", "The face detector and landmark models", "onnxruntime")
     available = ort.get_available_providers()
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available] or available
@@ -26,11 +30,13 @@ def get_session(path: str, providers: list[str] | None = None):
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
-        return ort.InferenceSession(path, sess_options=options, providers=list(providers or default_providers()))
+        session = ort.InferenceSession(path, sess_options=options, providers=list(providers or default_providers()))
     except Exception as exc:  # onnxruntime raises its own exception types
         raise FantasyPortraitError(
             f"{os.path.basename(path)} is not a usable ONNX model ({str(exc).splitlines()[0]}). "
             "Is the file complete and the right one?") from exc
+    log.info("FantasyPortrait: %s runs on %s", os.path.basename(path), session.get_providers()[0])
+    return session
 
 
 def check_io(session, path: str, inputs: dict[str, list], outputs: int | None = None) -> None:
