@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 import comfy.model_management
+import comfy.ops
 import folder_paths
 from comfy_api.latest import io
 
@@ -17,6 +18,10 @@ from .common import (FOLDER, AdapterIO, FaceModelsIO, adapter_files, model_path,
                      register_model_folder)
 
 register_model_folder()
+
+#: the layers of the pack's small models inside ComfyUI: ComfyUI's own (made without a random init, as its models
+#: are; the weights are then loaded strictly), with torch's BatchNorm, which comfy.ops does not have
+OPERATIONS = comfy.ops.disable_weight_init
 
 
 class FantasyPortraitModelLoader(io.ComfyNode):
@@ -36,7 +41,7 @@ class FantasyPortraitModelLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model_name, dtype) -> io.NodeOutput:
         # ComfyUI's node cache keeps the loaded adapter while the graph uses it and releases it on "free memory"
-        return io.NodeOutput(load_adapter(model_path(model_name), dtype=dtype))
+        return io.NodeOutput(load_adapter(model_path(model_name), dtype=dtype, operations=OPERATIONS))
 
 
 class FantasyPortraitFaceModelLoader(io.ComfyNode):
@@ -68,7 +73,7 @@ class FantasyPortraitFaceModelLoader(io.ComfyNode):
     def execute(cls, detector, landmarks, motion_encoder, device, insightface_dir="") -> io.NodeOutput:
         providers = ["CPUExecutionProvider"] if device == "cpu" else None
         paths = [model_path(detector), model_path(landmarks), model_path(motion_encoder)]
-        enc = load_motion_encoder(paths[2])
+        enc = load_motion_encoder(paths[2], operations=OPERATIONS)
         if insightface_dir.strip():
             from ..fantasyportrait_core.faces.detector import InsightFaceDetector
 

@@ -300,10 +300,10 @@ def test_the_packs_models_use_the_hosts_core_model_patcher(H, monkeypatch):
         pass
 
     owner = Owner()
-    assert type(managed.managed_module(owner, "m", lambda: torch.nn.Linear(2, 2), "cpu")) is expected
+    assert type(managed.managed_module(owner, "m", lambda: torch.nn.Identity(), "cpu")) is expected
     monkeypatch.setattr(comfy.model_patcher, "CoreModelPatcher", CoreModelPatcher, raising=False)
     fresh = Owner()
-    patcher = managed.managed_module(fresh, "m", lambda: torch.nn.Linear(2, 2), "cpu")
+    patcher = managed.managed_module(fresh, "m", lambda: torch.nn.Identity(), "cpu")
     assert type(patcher) is CoreModelPatcher
     assert managed.managed_module(fresh, "m", None, "cpu") is patcher  # one per owner, name and device
     assert managed.managed_module(fresh, "m", None, "meta") is not patcher

@@ -218,3 +218,35 @@ def test_output_size_refuses_a_portrait_without_a_face(H, faces):
     man = torch.from_numpy(read_frames(media_path("man.jpeg"))).float() / 255
     assert list(H.fp.FantasyPortraitOutputSize(man, "480p", faces)) == list(output_size(man.shape[2], man.shape[1],
                                                                                          "480p"))
+
+
+def test_the_packs_models_are_built_from_comfyuis_layers(H):
+    """Inside ComfyUI the token encoder and the PD-FGC encoder are made of comfy.ops layers (no random init, as
+    ComfyUI's own models; BatchNorm stays torch's) and compute exactly what the torch.nn build computes."""
+    import comfy.ops
+    import torch
+
+    from checkpoint_factory import adapter_state_dict, flatten
+    from motion_weights import motion_state
+
+    from fantasyportrait_pack.fantasyportrait_core.motion.encoder import motion_encoder_from_state_dict
+    from fantasyportrait_pack.fantasyportrait_core.tokens.checkpoint import adapter_from_state_dict
+    from fantasyportrait_pack.nodes import nodes_loaders
+
+    ops = nodes_loaders.OPERATIONS
+    assert ops is comfy.ops.disable_weight_init
+    state = flatten(adapter_state_dict(model_dim=256, blocks=2, seed=3))
+    ours, plain = adapter_from_state_dict(state, operations=ops), adapter_from_state_dict(state)
+    layers = [m for m in ours.encoder.modules() if isinstance(m, (torch.nn.Linear, torch.nn.LayerNorm))]
+    assert layers and all(type(m).__module__ == "comfy.ops" for m in layers)
+    features = torch.randn(1, 5, 554, generator=H.g)
+    with torch.no_grad():
+        assert torch.equal(ours.encoder(features), plain.encoder(features))
+    weights = motion_state(seed=4)
+    enc, ref = motion_encoder_from_state_dict(weights, operations=ops), motion_encoder_from_state_dict(weights)
+    convs = [m for m in enc.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert convs and all(type(m).__module__ == "comfy.ops" for m in convs)
+    assert all(type(m) is torch.nn.BatchNorm2d for m in enc.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    faces = torch.rand(2, 3, 224, 224, generator=H.g) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(enc(faces), ref(faces))

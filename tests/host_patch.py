@@ -96,7 +96,7 @@ def test_only_wan_i2v_models_are_accepted(H, caplog):
         assert error_of(lambda: apply(H, wan22)) is None  # structurally compatible: runs, with a warning
     assert "not Wan 2.1 I2V 14B" in caplog.text and "Wan 2.2" in caplog.text
     message = error_of(lambda: H.wan_patch.check_wan_model(types.SimpleNamespace(
-        get_model_object=lambda name: torch.nn.Linear(2, 2)), H.adapter))
+        get_model_object=lambda name: torch.nn.Identity()), H.adapter))
     assert "needs a Wan 2.1 I2V 14B model" in message
 
 

@@ -99,3 +99,23 @@ def test_the_readme_layout_table_matches_the_tree():
         assert any(module in files for _, _, files in os.walk(ROOT)), module
     packages = {d for d in os.listdir(CORE) if os.path.isdir(os.path.join(CORE, d)) and d != "__pycache__"}
     assert all(f"fantasyportrait_core/{p}/" in named for p in packages), packages
+
+
+#: what ComfyUI's community install test (comfy-test, level SYNTAX) refuses in a node pack's Python files: raw
+#: torch layers that have a comfy.ops twin (ComfyUI's models take ``operations=``), hard-coded CUDA, autocast
+NOT_COMFY_NATIVE = re.compile(r"(?<![\w.])(?:torch\.)?nn\.(?:Linear|Conv[123]d|ConvTranspose[12]d|LayerNorm|GroupNorm|"
+                              r"Embedding)\s*\(|\.cuda\s*\(|\.to\s*\(\s*(?:torch\.device\s*\(\s*)?[\"']cuda|"
+                              r"autocast\s*\(")
+
+
+def test_no_layer_or_device_that_bypasses_comfyui():
+    found = []
+    for dirpath, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
+        for f in files:
+            if f.endswith(".py"):
+                with open(os.path.join(dirpath, f), encoding="utf-8") as fh:
+                    for number, line in enumerate(fh, 1):
+                        if not line.lstrip().startswith("#") and NOT_COMFY_NATIVE.search(line):
+                            found.append(f"{os.path.relpath(os.path.join(dirpath, f), ROOT)}:{number}: {line.strip()}")
+    assert found == []

@@ -33,8 +33,9 @@ class FaceModels:
 
 
 def load_face_models(models_dir: str | None = None, detector: str | None = None, landmarks: str | None = None,
-                     motion: str | None = None, providers=None, dtype=torch.float32) -> FaceModels:
-    """Load the released face models from a folder holding the released file names, or from paths."""
+                     motion: str | None = None, providers=None, dtype=torch.float32, operations=None) -> FaceModels:
+    """Load the released face models from a folder holding the released file names, or from paths
+    (``operations``: the motion encoder's layers, see :mod:`.encoder`)."""
     def path_of(kind, given):
         if given:
             return given
@@ -53,7 +54,7 @@ def load_face_models(models_dir: str | None = None, detector: str | None = None,
             raise FantasyPortraitError(
                 f"Motion encoder not found: {motion_path}. Put pd_fpg.pth there, or use the single-file "
                 "FantasyPortrait safetensors, which contains it under 'pd_fpg.'.")
-        enc = load_motion_encoder(motion_path, dtype)
+        enc = load_motion_encoder(motion_path, dtype, operations)
     return FaceModels(det, lmk, enc)
 
 

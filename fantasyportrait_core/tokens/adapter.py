@@ -11,6 +11,9 @@ Per video frame the released adapter turns the 554-wide PD-FGC feature into 24 t
 Tokens are frame-major: ``[B, F*24, C]`` with frame f's tokens at ``24f .. 24f+23``.
 All dimensions are read from the checkpoint's tensor shapes (see :mod:`.checkpoint`), so a
 small checkpoint in the released key layout builds a small model.
+
+Layers with weights come from ``operations`` (``torch.nn`` by default; inside ComfyUI its ``comfy.ops``, as
+ComfyUI's own models take them, so weights are made without a random init and handled by ComfyUI).
 """
 
 from __future__ import annotations
@@ -30,12 +33,12 @@ PROJ_PARTS = ("headpose", "eye", "emo", "mouth")
 class MultiProjection(nn.Module):
     """Four bias-free linear projections and one shared LayerNorm (``proj_model``)."""
 
-    def __init__(self, in_dims: dict[str, int], out_dim: int):
+    def __init__(self, in_dims: dict[str, int], out_dim: int, operations=nn):
         super().__init__()
         self.in_dims = dict(in_dims)
         for part in PROJ_PARTS:
-            setattr(self, f"{part}_proj", nn.Linear(in_dims[part], out_dim, bias=False))
-        self.norm = nn.LayerNorm(out_dim)
+            setattr(self, f"{part}_proj", operations.Linear(in_dims[part], out_dim, bias=False))
+        self.norm = operations.LayerNorm(out_dim)
 
     def forward(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         """``{part: [B, F, d_part]}`` -> ``[B, F, 4, out_dim]``."""
@@ -45,15 +48,15 @@ class MultiProjection(nn.Module):
 class PerceiverAttention(nn.Module):
     """Latents attend to ``concat(inputs, latents)``; separate LayerNorms for each."""
 
-    def __init__(self, dim: int, heads: int, dim_head: int):
+    def __init__(self, dim: int, heads: int, dim_head: int, operations=nn):
         super().__init__()
         inner = heads * dim_head
         self.heads = heads
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
-        self.to_out = nn.Linear(inner, dim, bias=False)
+        self.norm1 = operations.LayerNorm(dim)
+        self.norm2 = operations.LayerNorm(dim)
+        self.to_q = operations.Linear(dim, inner, bias=False)
+        self.to_kv = operations.Linear(dim, 2 * inner, bias=False)
+        self.to_out = operations.Linear(inner, dim, bias=False)
 
     def forward(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         x = self.norm1(x)
@@ -72,12 +75,12 @@ class PerceiverAttention(nn.Module):
 class FeedForward(nn.Sequential):
     """LayerNorm, Linear (x mult, no bias), GELU, Linear (no bias); indices match the weights."""
 
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, operations=nn):
         super().__init__(
-            nn.LayerNorm(dim),
-            nn.Linear(dim, hidden, bias=False),
+            operations.LayerNorm(dim),
+            operations.Linear(dim, hidden, bias=False),
             nn.GELU(),
-            nn.Linear(hidden, dim, bias=False),
+            operations.Linear(hidden, dim, bias=False),
         )
 
 
@@ -85,14 +88,14 @@ class Resampler(nn.Module):
     """Perceiver resampler: learned queries refined by ``depth`` attention/feed-forward layers."""
 
     def __init__(self, dim: int, depth: int, heads: int, dim_head: int, num_queries: int,
-                 in_dim: int, out_dim: int, ff_hidden: int):
+                 in_dim: int, out_dim: int, ff_hidden: int, operations=nn):
         super().__init__()
         self.latents = nn.Parameter(torch.randn(1, num_queries, dim) / dim ** 0.5)
-        self.proj_in = nn.Linear(in_dim, dim)
-        self.proj_out = nn.Linear(dim, out_dim)
-        self.norm_out = nn.LayerNorm(out_dim)
+        self.proj_in = operations.Linear(in_dim, dim)
+        self.proj_out = operations.Linear(dim, out_dim)
+        self.norm_out = operations.LayerNorm(out_dim)
         self.layers = nn.ModuleList(
-            nn.ModuleList([PerceiverAttention(dim, heads, dim_head), FeedForward(dim, ff_hidden)])
+            nn.ModuleList([PerceiverAttention(dim, heads, dim_head, operations), FeedForward(dim, ff_hidden, operations)])
             for _ in range(depth)
         )
 

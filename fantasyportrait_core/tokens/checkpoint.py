@@ -65,7 +65,7 @@ class FantasyPortraitAdapter:
     motion_encoder_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
 
-def _infer_resampler(sub: dict, part: str, name: str) -> Resampler:
+def _infer_resampler(sub: dict, part: str, name: str, operations=None) -> Resampler:
     try:
         _, num_queries, dim = sub["latents"].shape
         in_dim = sub["proj_in.weight"].shape[1]
@@ -78,10 +78,11 @@ def _infer_resampler(sub: dict, part: str, name: str) -> Resampler:
     dim_head = RESAMPLER_DIM_HEAD if inner % RESAMPLER_DIM_HEAD == 0 else inner
     with torch.device("meta"):
         return Resampler(dim=dim, depth=depth, heads=inner // dim_head, dim_head=dim_head,
-                         num_queries=num_queries, in_dim=in_dim, out_dim=out_dim, ff_hidden=ff_hidden)
+                         num_queries=num_queries, in_dim=in_dim, out_dim=out_dim, ff_hidden=ff_hidden,
+                         operations=operations or torch.nn)
 
 
-def _infer_projection(sub: dict, name: str) -> MultiProjection:
+def _infer_projection(sub: dict, name: str, operations=None) -> MultiProjection:
     try:
         shapes = {p: sub[f"{p}_proj.weight"].shape for p in PROJ_PARTS}
     except KeyError as exc:
@@ -90,7 +91,7 @@ def _infer_projection(sub: dict, name: str) -> MultiProjection:
     if len(out_dims) != 1:
         raise CheckpointError(f"{name}: proj_model's projections disagree on the token width: {shapes}.")
     with torch.device("meta"):
-        return MultiProjection({p: s[1] for p, s in shapes.items()}, out_dims.pop())
+        return MultiProjection({p: s[1] for p, s in shapes.items()}, out_dims.pop(), operations or torch.nn)
 
 
 def _blocks(sub: dict, name: str, dtype: torch.dtype) -> AdapterBlocks:
@@ -117,10 +118,11 @@ def _blocks(sub: dict, name: str, dtype: torch.dtype) -> AdapterBlocks:
 
 
 def adapter_from_state_dict(state: dict[str, torch.Tensor], name: str = "checkpoint",
-                            dtype=torch.float32) -> FantasyPortraitAdapter:
+                            dtype=torch.float32, operations=None) -> FantasyPortraitAdapter:
     """Build the adapter from a flat state dict in either released layout (see module docs).
 
-    ``dtype`` is the precision of the per-block K/V projections; the expression encoder is fp32."""
+    ``dtype`` is the precision of the per-block K/V projections; the expression encoder is fp32, its layers
+    from ``operations`` (default ``torch.nn``; ComfyUI's ``comfy.ops`` inside ComfyUI)."""
     dtype = resolve_dtype(dtype)
     keys = sorted(state)
     if not any(k.startswith(p + ".") for k in keys for p in ADAPTER_PARTS):
@@ -135,9 +137,9 @@ def adapter_from_state_dict(state: dict[str, torch.Tensor], name: str = "checkpo
     if absent:
         raise CheckpointError(f"{name} lacks the adapter part(s) {', '.join(absent)}: it is incomplete or another model.")
 
-    proj = _infer_projection(subs["proj_model"], name)
-    mouth = _infer_resampler(subs["mouth_proj_model"], "mouth_proj_model", name)
-    emo = _infer_resampler(subs["emo_proj_model"], "emo_proj_model", name)
+    proj = _infer_projection(subs["proj_model"], name, operations)
+    mouth = _infer_resampler(subs["mouth_proj_model"], "mouth_proj_model", name, operations)
+    emo = _infer_resampler(subs["emo_proj_model"], "emo_proj_model", name, operations)
     for part, module in zip(ENCODER_PARTS, (proj, mouth, emo)):
         # the released code builds the token encoder in fp32 and runs it outside autocast: always fp32 here
         load_strict(module, subs[part], part + ".", name, torch.float32, "FantasyPortrait adapter")
@@ -154,7 +156,7 @@ def adapter_from_state_dict(state: dict[str, torch.Tensor], name: str = "checkpo
     return FantasyPortraitAdapter(encoder=encoder, blocks=blocks, source=name, motion_encoder_state=motion)
 
 
-def load_adapter(path: str | os.PathLike, dtype="fp32") -> FantasyPortraitAdapter:
+def load_adapter(path: str | os.PathLike, dtype="fp32", operations=None) -> FantasyPortraitAdapter:
     """Load ``fantasyportrait_model.ckpt`` or the single-file safetensors."""
     state = read_state_dict(path)
-    return adapter_from_state_dict(state, name=os.path.basename(os.fspath(path)), dtype=dtype)
+    return adapter_from_state_dict(state, name=os.path.basename(os.fspath(path)), dtype=dtype, operations=operations)
