@@ -47,6 +47,7 @@ def test_server_lists_every_node(tmp_path):
                 assert info[name]["output_name"] == [n for n, _ in outs]  # saved links keep their slot names
             node = info[name]
             assert node["category"] == f"FantasyPortrait/{FAMILIES[name]}", name  # categories by family
+            assert any(node_ids(wf, name) for wf in SHIPPED), f"{name} is in no shipped workflow"
             assert node["python_module"] == "custom_nodes.ComfyUI-FantasyPortrait"
             inputs = [inp for section in ("required", "optional") for inp in node["input"].get(section, {})]
             for section in node["input"].values():
@@ -84,14 +85,16 @@ def server(tmp_path_factory, tiny_models_base):
         comfy.stop()
 
 
-SHIPPED = ("fantasyportrait_single", "fantasyportrait_two_from_one_video", "fantasyportrait_people_from_videos")
+SHIPPED = ("fantasyportrait_single", "fantasyportrait_two_from_one_video", "fantasyportrait_people_from_videos",
+           "fantasyportrait_custom_sampling")
 
 
 def shipped(name="fantasyportrait_single", size=(64, 64), length=9, sets=()):
     """A shipped API workflow as it is, and the ``--set`` options that point it at the tiny test models:
     file names, a small size instead of Output Size's 480p, a short frame window and 2 steps; ``sets`` adds
     (node class, input, value) items (each class once in the workflow)."""
-    items = tiny_sets(name, length) + ["FantasyPortraitSampler.steps=2"]
+    steps = "FantasyPortraitSampler" if node_ids(name, "FantasyPortraitSampler") else "BasicScheduler"
+    items = tiny_sets(name, length) + [f"{steps}.steps=2"]
     for cls in ("WanImageToVideo", "FantasyPortraitMultiCombine"):
         for node_id in node_ids(name, cls):
             items += [f"{node_id}.width={size[0]}", f"{node_id}.height={size[1]}"]
@@ -132,7 +135,7 @@ def check_video(path, size, frames, fps, audio):
 
 def shipped_case(server, name):
     """Per shipped workflow: the inputs it is run with, and what its saved video must be."""
-    if name == "fantasyportrait_single":  # jgz.mp4: 15 fps with audio; the single graph keeps the clip's rate
+    if name in ("fantasyportrait_single", "fantasyportrait_custom_sampling"):  # jgz.mp4: 15 fps with audio, its rate
         return dict(image=None, videos=None), ((64, 64), 9, 15.0, True)
     clip = two_person_clip(server["tmp"])  # 23 fps, no audio; the multi-person graphs retime to 25 fps (released)
     videos = [clip] if name == "fantasyportrait_two_from_one_video" else [clip, media_path("jgz.mp4")]

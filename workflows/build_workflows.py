@@ -76,6 +76,24 @@ NODE_DEFS = {
                                     [("portrait_embeds", "FANTASYPORTRAIT_EMBEDS"), ("num_frames", "INT"),
                                      ("regions_preview", "IMAGE"), ("fps", "FLOAT")]),
     "PreviewImage": ([("images", "IMAGE", False)], []),
+    "FantasyPortraitMotionControl": ([("features", "FANTASYPORTRAIT_FEATURES", False), ("person", "INT", True)]
+                                     + [(f"{c}_{k}", t, True) for c in ("headpose", "eye", "emo", "mouth")
+                                        for k, t in (("mode", "COMBO"), ("amount", "FLOAT"), ("smooth", "FLOAT"))]
+                                     + [("reference_frame", "INT", True)],
+                                     [("features", "FANTASYPORTRAIT_FEATURES"), ("preview", "IMAGE")]),
+    "FantasyPortraitApply": ([("model", "MODEL", False), ("adapter", "FANTASYPORTRAIT_MODEL", False),
+                              ("portrait_embeds", "FANTASYPORTRAIT_EMBEDS", False), ("portrait_strength", "FLOAT", True),
+                              ("start_percent", "FLOAT", True), ("end_percent", "FLOAT", True)], [("MODEL", "MODEL")]),
+    "FantasyPortraitGuider": ([("model", "MODEL", False), ("positive", "CONDITIONING", False),
+                               ("negative", "CONDITIONING", False), ("cfg", "FLOAT", True),
+                               ("portrait_cfg", "FLOAT", True)], [("GUIDER", "GUIDER")]),
+    "RandomNoise": ([("noise_seed", "INT", True)], [("NOISE", "NOISE")]),
+    "KSamplerSelect": ([("sampler_name", "COMBO", True)], [("SAMPLER", "SAMPLER")]),
+    "BasicScheduler": ([("model", "MODEL", False), ("scheduler", "COMBO", True), ("steps", "INT", True),
+                        ("denoise", "FLOAT", True)], [("SIGMAS", "SIGMAS")]),
+    "SamplerCustomAdvanced": ([("noise", "NOISE", False), ("guider", "GUIDER", False), ("sampler", "SAMPLER", False),
+                               ("sigmas", "SIGMAS", False), ("latent_image", "LATENT", False)],
+                              [("output", "LATENT"), ("denoised_output", "LATENT")]),
 }
 # inputs that may stay unconnected
 OPTIONAL = {("FantasyPortraitMultiCombine", "embeds_3"), ("FantasyPortraitMultiCombine", "embeds_4"),
@@ -87,7 +105,8 @@ OPTIONAL = {("FantasyPortraitMultiCombine", "embeds_3"), ("FantasyPortraitMultiC
             ("FantasyPortraitFaceTracker", "fps"),
             ("FantasyPortraitExpressionExtractor", "fps")}
 # widgets the frontend adds after a given widget (upload buttons, seed control)
-UI_EXTRA_WIDGETS = {("LoadImage", "image"): "image", ("FantasyPortraitSampler", "seed"): "fixed"}
+UI_EXTRA_WIDGETS = {("LoadImage", "image"): "image", ("FantasyPortraitSampler", "seed"): "fixed",
+                    ("RandomNoise", "noise_seed"): "fixed"}
 
 NEGATIVE = ("bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
             "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, "
@@ -159,6 +178,34 @@ def single_portrait():
     """One portrait, one driving video: the released single-person setting."""
     return sorted(common((17, 0), (17, 1), (17, 2), (13, 4)) + LOADERS + driver(10, 13, 15, 0, 0.0)
                   + [encode(17, (15, 0), -1)], key=lambda n: n[0])  # -1: the largest face drives (released)
+
+
+def custom_sampling():
+    """One portrait, one driving video, with the motion edited before encoding (FantasyPortrait Motion Control:
+    head pose calmed to 70 %, the rest followed) and sampled by ComfyUI's SamplerCustomAdvanced with the patched
+    MODEL (FantasyPortrait Apply) and the portrait guidance (FantasyPortrait Guider): the same result as the
+    all-in-one Sampler, with ComfyUI's noise, sampler and scheduler nodes free to swap."""
+    control = {"features": (15, 0), "person": -1, "reference_frame": 0}
+    for component in ("headpose", "eye", "emo", "mouth"):
+        mode, amount = ("scale", 0.7) if component == "headpose" else ("follow", 1.0)
+        control.update({f"{component}_mode": mode, f"{component}_amount": amount, f"{component}_smooth": 0.0})
+    chain = [
+        (50, "FantasyPortraitMotionControl", "Motion control (head pose calmed)", control),
+        (51, "PreviewImage", "Motion before/after", {"images": (50, 1)}),
+        encode(17, (50, 0), -1),
+        (52, "FantasyPortraitApply", None, {"model": (2, 0), "adapter": (16, 0), "portrait_embeds": (17, 0),
+                                           "portrait_strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}),
+        (53, "FantasyPortraitGuider", None, {"model": (52, 0), "positive": (18, 0), "negative": (18, 1), "cfg": 1.0,
+                                            "portrait_cfg": 4.0}),
+        (54, "RandomNoise", None, {"noise_seed": 42}),
+        (55, "KSamplerSelect", None, {"sampler_name": "euler"}),
+        (56, "BasicScheduler", None, {"model": (52, 0), "scheduler": "simple", "steps": 30, "denoise": 1.0}),
+        (57, "SamplerCustomAdvanced", None, {"noise": (54, 0), "guider": (53, 0), "sampler": (55, 0),
+                                             "sigmas": (56, 0), "latent_image": (18, 2)}),
+    ]
+    base = [n for n in common((17, 0), (17, 1), (17, 2), (13, 4)) if n[1] != "FantasyPortraitSampler"]
+    base = [(i, c, t, {**v, "samples": (57, 0)} if c == "VAEDecode" else v) for i, c, t, v in base]
+    return sorted(base + LOADERS + driver(10, 13, 15, 0, 0.0) + chain, key=lambda n: n[0])
 
 
 MULTI_PROMPT = "two people talking to each other, natural expressions, high quality"
@@ -265,6 +312,7 @@ WORKFLOWS = {
     "fantasyportrait_single": single_portrait,
     "fantasyportrait_two_from_one_video": two_from_one_video,
     "fantasyportrait_people_from_videos": people_from_videos,
+    "fantasyportrait_custom_sampling": custom_sampling,
 }
 
 
