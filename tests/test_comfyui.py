@@ -28,6 +28,15 @@ def test_server_lists_every_node(tmp_path):
     front.mkdir()
     server = ComfyServer(make_base(tmp_path / "base", test_nodes=False), tmp_path / "server.log", front)
     try:
+        # the template browser lists every shipped UI workflow, and each has its thumbnail
+        with urllib.request.urlopen(f"{server.url}/api/workflow_templates", timeout=30) as r:
+            templates = json.load(r)["ComfyUI-FantasyPortrait"]
+        assert sorted(templates) == sorted(os.path.basename(p)[:-5] for p in UI_FILES)
+        for name in templates:
+            for ext in ("json", "jpg"):
+                with urllib.request.urlopen(f"{server.url}/api/workflow_templates/ComfyUI-FantasyPortrait/{name}.{ext}",
+                                            timeout=30) as r:
+                    assert r.status == 200 and len(r.read()) > 1000, (name, ext)
         with open(os.path.join(COMFYUI_DIR, "comfyui_version.py")) as fh:  # the log names the release as tested
             version = fh.read().split('"')[1]
         assert f"FantasyPortrait: ComfyUI {version}, a release the pack is tested on" in server.log.read_text()
