@@ -34,6 +34,8 @@ with sync_playwright() as p:
         for n in res:
             if not n["registered"]:
                 problems.append(f"{n['id']} {n['type']} not registered")
+            if n["type"] == "Note":  # a frontend-only node: it has no API twin
+                continue
             a = api[str(n["id"])]["inputs"]
             for name, value in n["widgets"]:
                 if name in a and not isinstance(a[name], list) and a[name] != value:

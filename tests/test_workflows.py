@@ -76,8 +76,9 @@ def test_formats_agree_and_builder_is_current(tmp_path):
             api = json.load(fh)
         with open(ui_path) as fh:
             ui = json.load(fh)
-        assert sorted(api, key=int) == [str(i) for i in sorted(n["id"] for n in ui["nodes"])]
-        for n in ui["nodes"]:
+        graph_nodes = [n for n in ui["nodes"] if n["type"] != "Note"]  # notes exist in the UI only
+        assert sorted(api, key=int) == [str(i) for i in sorted(n["id"] for n in graph_nodes)]
+        for n in graph_nodes:
             assert api[str(n["id"])]["class_type"] == n["type"]
     # the committed files are what the builder writes (built into tmp_path: tests never write the work tree)
     subprocess.run([sys.executable, os.path.join(WF, "build_workflows.py"), str(tmp_path)], check=True,
@@ -120,8 +121,9 @@ def test_multi_workflows_take_the_fps_of_the_motion():
 
 
 def test_sizes_come_from_the_portrait_in_every_workflow():
-    for name in ("fantasyportrait_single", "fantasyportrait_two_from_one_video", "fantasyportrait_people_from_videos"):
-        with open(os.path.join(WF, "api", f"{name}_api.json")) as fh:
+    for path in API_FILES:
+        name = os.path.basename(path)
+        with open(path) as fh:
             wf = json.load(fh)
         size = [k for k, n in wf.items() if n["class_type"] == "FantasyPortraitOutputSize"]
         assert len(size) == 1, name
@@ -132,3 +134,27 @@ def test_sizes_come_from_the_portrait_in_every_workflow():
         for node in wf.values():
             if node["class_type"] in ("WanImageToVideo", "FantasyPortraitMultiCombine"):
                 assert (node["inputs"]["width"], node["inputs"]["height"]) == ([size[0], 0], [size[0], 1]), name
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=os.path.basename)
+def test_ui_workflows_read_like_templates(path):
+    """Groups per stage (models, inputs, motion, sampling, output) around exactly their nodes, and a note with every
+    model file, its folder and its link (the pack's own list, as setup downloads it)."""
+    sys.path.insert(0, ROOT)
+    from fantasyportrait_tools.setup import model_files
+
+    with open(path) as fh:
+        ui = json.load(fh)
+    titles = [g["title"].split(":")[0] for g in ui["groups"]]
+    assert titles == ["Models", "Inputs", "Motion", "Sampling", "Output"]
+    for node in ui["nodes"]:
+        if node["type"] == "Note":
+            continue
+        x, y = node["pos"]
+        inside = [g["title"] for g in ui["groups"] if g["bounding"][0] <= x and x + 340 <= g["bounding"][0] +
+                  g["bounding"][2] and g["bounding"][1] <= y <= g["bounding"][1] + g["bounding"][3]]
+        assert len(inside) == 1, (node["type"], inside)  # every node in exactly one stage
+    (note,) = [n for n in ui["nodes"] if n["type"] == "Note"]
+    text = note["widgets_values"][0]
+    for item in model_files():
+        assert f"models/{item.folder}/{item.name}" in text and f"huggingface.co/{item.repo}/blob/main/{item.path}" in text

@@ -9,8 +9,26 @@ are the ones the README lists.
 
 import json
 import os
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # the pack's own model list (fantasyportrait_tools.setup)
+
+#: the stages the UI graphs are laid out and grouped by (one band each, top to bottom), and their node types
+STAGES = [
+    ("Models", "#335", ("UNETLoader", "ModelSamplingSD3", "CLIPLoader", "CLIPVisionLoader", "VAELoader",
+                        "FantasyPortraitModelLoader", "FantasyPortraitFaceModelLoader")),
+    ("Inputs: the portrait and the driving video", "#353", (
+        "LoadImage", "LoadVideo", "CLIPTextEncode", "CLIPVisionEncode", "FantasyPortraitOutputSize")),
+    ("Motion: faces, expression features, tokens", "#553", (
+        "FantasyPortraitFaceTracker", "FantasyPortraitExpressionExtractor", "FantasyPortraitMotionControl",
+        "FantasyPortraitEncode", "FantasyPortraitMultiCombine", "PreviewImage")),
+    ("Sampling: Wan 2.1 I2V with the portrait", "#535", (
+        "WanImageToVideo", "FantasyPortraitSampler", "FantasyPortraitApply", "FantasyPortraitGuider", "RandomNoise",
+        "KSamplerSelect", "BasicScheduler", "SamplerCustomAdvanced")),
+    ("Output: the video with the driving audio", "#355", ("VAEDecode", "CreateVideo", "SaveVideo")),
+]
+NOTE_ID = 99  # the model-files note (a frontend-only node: it has no API twin)
 
 # class_type -> (ordered inputs as (name, type, is_widget), outputs as (name, type), extra UI widget values)
 NODE_DEFS = {
@@ -262,14 +280,26 @@ def to_ui(graph):
             depth[node_id] = 1 + max((depth_of(v[0]) for v in values.values() if isinstance(v, tuple)), default=-1)
         return depth[node_id]
 
-    column_y = {}
-    positions = {}
-    for node_id, ctype, _title, values in graph:
-        col = depth_of(node_id)
-        widgets = sum(1 for _, _, w in NODE_DEFS[ctype][0] if w)
-        y = column_y.get(col, 60)
-        positions[node_id] = [60 + 400 * col, y]
-        column_y[col] = y + 140 + 30 * widgets
+    # one band per stage, top to bottom; inside a band, columns by depth
+    stage_of = {ctype: k for k, (_, _, types) in enumerate(STAGES) for ctype in types}
+    positions, groups, top = {}, [], 60
+    for k, (title, colour, _) in enumerate(STAGES):
+        members = [(node_id, ctype) for node_id, ctype, _, _ in graph if stage_of[ctype] == k]
+        if not members:
+            continue
+        column_y = {}
+        for node_id, ctype in members:
+            col = depth_of(node_id)
+            widgets = sum(1 for _, _, w in NODE_DEFS[ctype][0] if w)
+            y = column_y.get(col, top + 50)
+            positions[node_id] = [60 + 400 * col, y]
+            column_y[col] = y + 140 + 30 * widgets
+        left = min(positions[i][0] for i, _ in members) - 20
+        right = max(positions[i][0] for i, _ in members) + 360
+        bottom = max(column_y.values())
+        groups.append({"title": title, "bounding": [left, top, right - left, bottom - top], "color": colour,
+                       "font_size": 24, "flags": {}})
+        top = bottom + 60
     for order, (node_id, ctype, title, values) in enumerate(graph):
         ins, outs = NODE_DEFS[ctype]
         node_inputs, widgets = [], []
@@ -304,8 +334,25 @@ def to_ui(graph):
         dst_node = next(n for n in nodes if n["id"] == dst)
         slot = next(i for i, inp in enumerate(dst_node["inputs"]) if inp["name"] == name)
         ui_links.append([link_id, src, src_slot, dst, slot, typ])
+    nodes.append(model_note(order + 1, [60, top]))
     return {"last_node_id": max(n["id"] for n in nodes), "last_link_id": len(ui_links), "nodes": nodes,
-            "links": ui_links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
+            "links": ui_links, "groups": groups, "config": {}, "extra": {}, "version": 0.4}
+
+
+def model_note(order, pos):
+    """A note listing the model files (the pack's own list, as `fantasyportrait setup` downloads them), their
+    folders and where they come from."""
+    from fantasyportrait_tools.setup import model_files
+
+    lines = ["Model files (or let `fantasyportrait setup --comfyui <your ComfyUI>` download them all):", ""]
+    for item in model_files():
+        lines.append(f"models/{item.folder}/{item.name}")
+        lines.append(f"    https://huggingface.co/{item.repo}/blob/main/{item.path}")
+    lines += ["", "Other Wan 2.1 I2V variants (bf16, 720p) work too: pick them in Load Diffusion Model.",
+              "Kijai's Wan2_1_FantasyPortrait_fp16.safetensors replaces fantasyportrait_model.ckpt and pd_fpg.pth."]
+    return {"id": NOTE_ID, "type": "Note", "pos": pos, "size": [760, 420], "flags": {}, "order": order, "mode": 0,
+            "inputs": [], "outputs": [], "properties": {}, "widgets_values": ["\n".join(lines)],
+            "title": "FantasyPortrait: model files", "color": "#432", "bgcolor": "#653"}
 
 
 WORKFLOWS = {
