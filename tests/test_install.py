@@ -130,3 +130,50 @@ def test_install_py_adds_onnx_runtime_only_where_none_is_installed(monkeypatch, 
     else:
         assert calls == [[sys.executable, "-m", "pip", "install", installs]]
     assert script.main(["--dry-run"]) == 0 and len(calls) == (0 if installs is None else 1)  # dry run: no pip
+
+
+def test_a_pack_in_comfyui_portables_layout_finds_its_comfyui_and_python(tmp_path):
+    """ComfyUI portable: ``python_embeded/`` beside ``ComfyUI/``, the pack in ``ComfyUI/custom_nodes/`` (a git clone
+    or the Manager's copy). Run from there, setup finds that ComfyUI and the portable Python (never this one), and
+    the pack's shipped workflows are its own."""
+    portable = tmp_path / "ComfyUI_windows_portable"
+    comfy = portable / "ComfyUI"
+    (comfy / "comfy").mkdir(parents=True)
+    (comfy / "main.py").write_text("")
+    pack = comfy / "custom_nodes" / "ComfyUI-FantasyPortrait"
+    shutil.copytree(ROOT, pack, ignore=shutil.ignore_patterns(".git", "__pycache__", "tests", "benchmarks"))
+    embedded = portable / "python_embeded" / "python.exe"  # a stand-in that runs this Python
+    embedded.parent.mkdir()
+    embedded.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    embedded.chmod(0o755)
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    done = subprocess.run([sys.executable, "-m", "fantasyportrait_tools", "setup", "--dry-run"], cwd=pack,
+                          capture_output=True, text=True, env=env, timeout=120)
+    said = done.stdout + done.stderr
+    assert done.returncode == 0, said
+    assert f"pack: already in {comfy / 'custom_nodes'}" in said
+    assert f"{embedded} -m pip install -r {pack / 'requirements.txt'}" in said
+    where = subprocess.run([sys.executable, "-c", "import fantasyportrait_tools as t; "
+                            "print(t.shipped_workflow('fantasyportrait_single'))"], cwd=pack, capture_output=True,
+                           text=True, timeout=60)
+    assert where.stdout.strip() == str(pack / "workflows" / "api" / "fantasyportrait_single_api.json")
+
+
+def test_an_editable_install_works_from_the_checkout(tmp_path):
+    """``pip install -e .`` (of a copy of the checkout, so the work tree is not written): the command runs from the
+    checkout, which is the pack itself, with its own shipped workflows."""
+    src = tmp_path / "ComfyUI-FantasyPortrait"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", "build"))
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(tmp_path / "venv")],
+                   check=True, timeout=120)
+    python = str(tmp_path / "venv" / "bin" / "python")
+    done = subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps",
+                           "--no-build-isolation", "-e", str(src)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    where = subprocess.run([python, "-c", "import fantasyportrait_tools as t; print(t.PACK_DIR, t.is_pack(t.PACK_DIR), "
+                            "t.shipped_workflow('fantasyportrait_single'))"], capture_output=True, text=True,
+                           cwd=tmp_path, timeout=60)
+    assert where.stdout.split() == [str(src), "True", str(src / "workflows" / "api" / "fantasyportrait_single_api.json")]
+    shown = subprocess.run([str(tmp_path / "venv" / "bin" / "fantasyportrait"), "run", "--help"], capture_output=True,
+                           text=True, cwd=tmp_path, timeout=60)
+    assert shown.returncode == 0 and "usage: fantasyportrait run" in shown.stdout, shown.stderr
