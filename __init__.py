@@ -48,7 +48,10 @@ def comfyui_tested_note(version: str | None) -> str:
     """What the log says about the running ComfyUI: whether the pack was run on it, or only read against it."""
     found = _version(version)
     runs = ", ".join(RUN_ON)
-    if version in RUN_ON:
+    if found is None:
+        return (f"FantasyPortrait: this ComfyUI does not say its release ({version!r}); the pack is tested on {runs} "
+                f"and its host contracts were checked in the sources up to {READ_UP_TO}.")
+    if found in [_version(v) for v in RUN_ON]:
         return f"FantasyPortrait: ComfyUI {version}, a release the pack is tested on ({runs})."
     if found is not None and found < _version(RUN_ON[-1]):
         return (f"FantasyPortrait: ComfyUI {version}; the pack is tested on {runs} (releases between them share the "
@@ -62,13 +65,14 @@ if comfy is not None and __package__:
     try:
         import comfyui_version
 
-        too_old = comfyui_too_old(getattr(comfyui_version, "__version__", None))
+        running = getattr(comfyui_version, "__version__", None)
     except ImportError:  # versions before comfyui_version.py existed
-        too_old = comfyui_too_old("0.0.0")
+        running = "0.0.0"
+    too_old = comfyui_too_old(running)
     if too_old:
         logging.getLogger(__name__).error(too_old)
     else:
-        logging.getLogger(__name__).info(comfyui_tested_note(getattr(comfyui_version, "__version__", None)))
+        logging.getLogger(__name__).info(comfyui_tested_note(running))
         try:
             from .nodes import comfy_entrypoint  # noqa: F401
         except Exception:  # never take ComfyUI down

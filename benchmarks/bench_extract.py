@@ -167,7 +167,7 @@ def speed(args):
     state = encoder.state_dict()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.frames} frames of a single-face "
           f"512x512 clip")
-    frames = DrivingFrames(clip, length=args.frames).read()
+    frames = np.stack(list(DrivingFrames(clip, length=args.frames)))
     lmk, feats, ours = run_pack(clip, args.frames, args.models, encoder)
     total_ours = sum(ours.values())
     print("pack:     " + ", ".join(f"{k} {v:.2f} s" for k, v in ours.items()) + f"; total {total_ours:.2f} s")

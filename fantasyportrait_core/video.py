@@ -113,6 +113,7 @@ class DrivingFrames(Sequence):
             self.source_fps = float(stream.average_rate or stream.guessed_rate or 25.0)
             pts, self._time_base = self._frame_pts(container, stream)
             size = (stream.width, stream.height)
+            self.rotation = self._rotation(container, stream)
         self.source_frames = len(pts)
         if self.source_frames == 0:
             raise FantasyPortraitError(f"{self.name} contains no video frames: it is empty or incomplete.")
@@ -130,6 +131,17 @@ class DrivingFrames(Sequence):
         self.indices = idx[start:start + length] if length else idx[start:]
 
     @staticmethod
+    def _rotation(container, stream) -> int:
+        """The display rotation (degrees) of the clip's frames, from its first frame (0 when none or unknown).
+        Frames are given as stored, unrotated."""
+        container.seek(0)
+        try:
+            frame = next(container.decode(stream), None)
+        except Exception:  # noqa: BLE001 - a clip that does not decode is reported when its frames are read
+            return 0
+        return int(round(getattr(frame, "rotation", 0) or 0)) % 360 if frame is not None else 0
+
+    @staticmethod
     def _frame_pts(container, stream):
         """Presentation timestamps of the frames and their time base, from the container's packets (nothing
         is decoded): decoded frames come out in presentation order, so frame i has the i-th smallest one."""
@@ -141,7 +153,7 @@ class DrivingFrames(Sequence):
     def _trim(self, window) -> tuple[int, int]:
         """First frame and frame count of the trim window (the whole clip without one), by the host's rule:
         timestamps from ``int(start / time_base)`` on, before ``int((start + duration) / time_base)``."""
-        self._trim_note = ""
+        self._trim_note, self._window = "", None
         if window is None or (not window[0] and not window[1]):
             return 0, len(self._pts)
         begin, seconds = float(window[0]), float(window[1])
@@ -155,14 +167,17 @@ class DrivingFrames(Sequence):
         if not inside:
             raise FantasyPortraitError(f"{self.name} has no frame{self._trim_note}: widen the trim (Trim Video / "
                                        "Load Video's edit).")
+        self._window = (begin, inside[0])  # its start (seconds) and first frame
         return inside[0], len(inside)
 
     @property
     def start_seconds(self) -> float:
-        """Time of the first used frame in the source clip (its timestamp, as the host trims audio by)."""
-        if self._time_base is None:
+        """Time of the first used frame in the source clip: ``index / fps``, counted from the trim window's start
+        (where the host starts a trimmed VIDEO's audio) when there is one."""
+        if self._window is None:
             return float(self.indices[0]) / self.source_fps
-        return float(self._pts[self.indices[0]] * self._time_base)
+        start, first = self._window
+        return start + float(self.indices[0] - first) / self.source_fps
 
     @property
     def duration(self) -> float:
@@ -215,10 +230,6 @@ class DrivingFrames(Sequence):
             raise FantasyPortraitError(
                 f"{self.name} ends after {produced} of the {len(order)} frames its index lists: it is damaged or "
                 "incomplete. Copy or download it again, or re-export it.")
-
-    def read(self) -> np.ndarray:
-        """All used frames as one ``[F, H, W, 3]`` array (for short clips)."""
-        return np.stack(list(self))
 
 
 def crop_rect(crop, width: int, height: int) -> tuple[int, int, int, int] | None:

@@ -25,15 +25,15 @@ _held: dict = {}  # id(owner) -> {name: (module, {device: patcher})}, dropped wh
 def _entries(owner) -> dict:
     key = id(owner)
     if key not in _held:  # the owners are dataclasses (unhashable), so keyed by id and cleared by a finalizer
+        weakref.finalize(owner, _held.pop, key, None)  # first: an owner that takes no weak reference raises here
         _held[key] = {}
-        weakref.finalize(owner, _held.pop, key, None)
     return _held[key]
 
 
 def managed_module(owner, name: str, make, load_device) -> comfy.model_patcher.ModelPatcher:
     """The ModelPatcher of ``owner``'s model ``name`` for ``load_device``. The module is ``make()``'s result,
-    made once per owner and name (every device shares its weights); the patcher is made once per device and
-    then reused, so ComfyUI knows when it is loaded already."""
+    made once per owner and name; the patcher is made once per device and then reused, so ComfyUI knows when it
+    is loaded already (one module under two load devices is moved by whichever patcher loads it last)."""
     per_owner = _entries(owner)
     if name not in per_owner:
         per_owner[name] = (make(), {})

@@ -35,13 +35,18 @@ def _video_source(video):
 
 
 def _streamed(video, frames) -> bool:
-    """Whether ``frames`` (DrivingFrames of ``video``'s file) are the frames the host would give."""
+    """Whether ``frames`` (DrivingFrames of ``video``'s file) are the frames the host would give. A rotated clip
+    (phone videos) on a host that keeps edits beside the file is not: such hosts rotate the frames before
+    cropping them (0c6cfff6 ``_rotation_quadrant``), the stream gives them as stored."""
     size = tuple(video.get_dimensions())
-    if size == tuple(frames.size):
+    if frames.rotation and hasattr(video, "get_active_trim_window"):
+        why = f"it is rotated by {frames.rotation} degrees"
+    elif size != tuple(frames.size):
+        why = (f"this VIDEO is {size[0]}x{size[1]} but its file streams as {frames.size[0]}x{frames.size[1]} (an edit "
+               "this ComfyUI keeps in a way the pack does not know)")
+    else:
         return True
-    log.warning("FantasyPortrait: this VIDEO is %sx%s but its file streams as %sx%s (an edit this ComfyUI keeps in a "
-                "way the pack does not know); its frames are decoded by ComfyUI instead, all in memory.",
-                *size, *frames.size)
+    log.warning("FantasyPortrait: %s, so its frames are decoded by ComfyUI instead, all in memory.", why)
     return False
 
 
@@ -97,7 +102,9 @@ class FantasyPortraitFaceTracker(io.ComfyNode):
     @classmethod
     def execute(cls, face_models, min_face, persons, video=None, images=None, start_frame=0, length=81,
                 fps=0.0) -> io.NodeOutput:
-        from ..fantasyportrait_core.video import DrivingFrames, read_audio
+        import torch
+
+        from ..fantasyportrait_core.video import DrivingFrames, read_audio, resample_indices
 
         require_finite(fps=fps)
         check_clip_length(length, "length")
@@ -110,9 +117,12 @@ class FantasyPortraitFaceTracker(io.ComfyNode):
                                        window=window, crop=crop)
                 if not _streamed(video, frames):
                     source = None
-            if source is None:  # a VIDEO made from frames (they are all in memory already), or an unknown edit
+            if source is None:  # a VIDEO made from frames (they are all in memory already), or one ComfyUI decodes
                 components = video.get_components()
                 images, rate = components.images, float(components.frame_rate)
+                if fps and abs(fps - rate) > 1e-3:  # retimed as a file is (nearest frame)
+                    images = images[torch.from_numpy(resample_indices(len(images), rate, fps))]
+                    rate = float(fps)
                 audio = _audio_window(components.audio, start_frame / rate, length / rate if length else None)
             else:
                 rate = frames.fps
@@ -121,9 +131,8 @@ class FantasyPortraitFaceTracker(io.ComfyNode):
             raise FantasyPortraitError("Connect the driving clip to the Face Tracker: video (from Load Video) or "
                                        "images.")
         if images is not None:
-            if fps and source is None:
-                log.warning("FantasyPortrait: fps only retimes a video read from a file; these frames are used as "
-                            "they are")
+            if fps and video is None:
+                log.warning("FantasyPortrait: fps only retimes a VIDEO; these images are used at their own rate")
             if start_frame >= len(images):
                 raise FantasyPortraitError(f"start_frame {start_frame} is past the end of the driving images "
                                            f"({len(images)} frames): lower start_frame.")

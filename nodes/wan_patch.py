@@ -120,9 +120,10 @@ class PortraitRun:
         return None if qs is None else self._on("query_scale", qs, device)
 
     def held_bytes(self, device=None) -> int:
-        """Bytes this run keeps between block calls (on ``device``, or on all devices)."""
-        return sum(t.numel() * t.element_size() for (_, on), t in self._held.items()
-                   if device is None or on == torch.device(device))
+        """Bytes this run keeps between block calls (on ``device``, e.g. "cuda" or "cuda:1", or on all devices)."""
+        want = None if device is None else torch.device(device)
+        return sum(t.numel() * t.element_size() for (_, on), t in list(self._held.items())  # others may add meanwhile
+                   if want is None or (on.type == want.type and want.index in (None, on.index)))
 
     def kv(self, index: int, frames, device, dtype):
         """Keys and values of block ``index`` for the given latent frames (all if None), made now."""
@@ -247,9 +248,9 @@ def window_frames(window, latent_frames: int, call_frames: int, retained=()) -> 
     anchor = getattr(window, "causal_anchor_index", None)
     if anchor is not None and anchor >= 0:
         frames = [anchor % latent_frames] + frames
-    for i in retained:
-        if 0 <= i < min(len(frames), latent_frames):
-            frames[i] = i
+    for i in retained:  # as the host indexes: a negative position counts from the end of both
+        if -min(len(frames), latent_frames) <= i < min(len(frames), latent_frames):
+            frames[i] = i % latent_frames
     if len(frames) != call_frames:
         raise FantasyPortraitError(
             f"A context window covers {len(frames)} latent frames but its model call has {call_frames}; this context "

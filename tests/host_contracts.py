@@ -99,6 +99,21 @@ def test_an_unknown_video_edit_falls_back_to_the_hosts_decode(H, faces):
 
     tracks = H.fp.FantasyPortraitFaceTracker(faces, 64, 0, video=OddEdit(clip), length=5)[0]
     assert calls == [1] and tracks.tracks.frame_size == (256, 256) and tracks.tracks.num_frames == 5
+    # decoded by the host, it is still retimed as asked (15 -> 5 fps: every third frame)
+    _, _, _, rate, audio = H.fp.FantasyPortraitFaceTracker(faces, 64, 0, video=OddEdit(clip), length=5, fps=5.0)
+    assert rate == 5.0 and audio["waveform"].shape[-1] == round(5 / 5 * audio["sample_rate"])
+
+
+def test_a_rotated_clip_is_decoded_by_a_host_that_rotates():
+    """A host that keeps edits beside the file also rotates frames by their display rotation (0c6cfff6); the stream
+    gives them as stored, so a rotated clip is decoded by that host, not streamed; an older host rotates nothing."""
+    from fantasyportrait_pack.nodes.nodes_faces import _streamed
+
+    rotated = types.SimpleNamespace(rotation=90, size=(512, 512))
+    newer = types.SimpleNamespace(get_dimensions=lambda: (512, 512), get_active_trim_window=lambda: (0.0, 0.0))
+    older = types.SimpleNamespace(get_dimensions=lambda: (512, 512))
+    assert not _streamed(newer, rotated) and _streamed(older, rotated)
+    assert _streamed(newer, types.SimpleNamespace(rotation=0, size=(512, 512)))
 
 
 # --- Wan: tokens beside the video, context windows, devices, model patchers ---------------------------------
@@ -231,6 +246,9 @@ def test_context_windows_with_an_anchor_and_retained_frames_get_their_token_wind
     call = _window_call(H, state, window, 3, handler=retained)
     assert call.frames == [0, 4, 5]
     assert _window_call(H, state, types.SimpleNamespace(index_list=[1, 2, 3]), 3, handler=retained).frames == [0, 2, 3]
+    last = types.SimpleNamespace(latent_retain_index_list=[-1])  # counted from the end, as the host indexes
+    assert _window_call(H, state, types.SimpleNamespace(index_list=[1, 2], causal_anchor_index=0), 3,
+                        handler=last).frames == [0, 1, 5]
     # the branch of that call equals the branch of a portrait made of exactly those frames' windows
     dm = H.model.model.diffusion_model
     q = _query(dm.blocks[0], torch.randn(1, 60, dm.dim, generator=H.g))

@@ -33,7 +33,9 @@ def read_frames(path: str, max_frames: int | None = None, fps: float | None = No
     ``[F, H, W, 3]`` uint8 RGB array, decoded with the pack's own reader."""
     from fantasyportrait_core.video import DrivingFrames
 
-    return DrivingFrames(path, 0, max_frames or 0, fps).read()
+    import numpy as np
+
+    return np.stack(list(DrivingFrames(path, 0, max_frames or 0, fps)))
 
 
 def preview_frames(frames, tracks, max_side=None):

@@ -141,16 +141,37 @@ def test_driving_frames_window_and_retiming():
     clip = DrivingFrames(path)  # released default: at most 81 frames
     assert (len(clip), clip.fps, clip.source_frames) == (59, 15.0, 59)
     window = DrivingFrames(path, start=10, length=9)
-    assert np.array_equal(window.read(), whole[10:19]) and window.start_seconds == pytest.approx(10 / 15)
+    assert np.array_equal(window[:], whole[10:19]) and window.start_seconds == pytest.approx(10 / 15)
     assert np.array_equal(window[3], whole[13]) and np.array_equal(window[2:4], whole[12:14])
     retimed = DrivingFrames(path, start=4, length=9, fps=25.0)  # 15 -> 25 fps repeats frames (nearest)
     idx = resample_indices(59, 15.0, 25.0)[4:13]
-    assert retimed.fps == 25.0 and np.array_equal(retimed.read(), whole[idx])
+    assert retimed.fps == 25.0 and np.array_equal(retimed[:], whole[idx])
     assert len(DrivingFrames(path, length=0)) == 59 and len(DrivingFrames(path, fps=25.0, length=0)) == 98
     # iterating twice decodes the same frames again (nothing is kept between iterations)
-    assert all(np.array_equal(a, b) for a, b in zip(window, window.read()))
+    assert all(np.array_equal(a, b) for a, b in zip(window, window[:]))
     with pytest.raises(FantasyPortraitError, match="start_frame 59 is past the end of jgz.mp4, which has 59 frames"):
         DrivingFrames(path, start=59)
+
+
+def test_a_trim_window_and_a_crop_give_exactly_those_frames_and_pixels():
+    """A host's trim window (1.0 s on, for 1.2 s: frames 15-32 of jgz.mp4 by their timestamps) and crop (400x360
+    at 40, 90), then start_frame 2 and 9 frames: frames 17-25, cropped; the audio starts 2 frames into the window."""
+    from fantasyportrait_core.video import DrivingFrames, crop_rect
+
+    path = media_path("jgz.mp4")
+    whole = read_frames(path)
+    clip = DrivingFrames(path, start=2, length=9, window=(1.0, 1.2), crop=(40, 90, 400, 360))
+    assert clip.size == (400, 360) and clip.rotation == 0 and len(clip) == 9
+    assert np.array_equal(clip[:], whole[17:26, 90:450, 40:440])
+    assert clip.start_seconds == pytest.approx(1.0 + 2 / 15)
+    assert len(DrivingFrames(path, length=0, window=(1.0, 1.2))) == 18  # 1.2 s at 15 fps
+    assert len(DrivingFrames(path, length=0, window=(3.0, 0.0))) == 14  # duration 0: to the end (frames 45-58)
+    with pytest.raises(FantasyPortraitError, match="has no frame in its trim window \\(9 s for 1 s\\)"):
+        DrivingFrames(path, window=(9.0, 1.0))
+    # the host's crop rule: the corner clamped and made even, the size clamped and made even; the whole frame = none
+    assert crop_rect((41, 91, 401, 361), 512, 512) == (40, 90, 400, 360)
+    assert crop_rect((500, 0, 100, 100), 512, 512) == (500, 0, 12, 100)
+    assert crop_rect((0, 0, 512, 512), 512, 512) is None and crop_rect((0, 0, 0, 10), 512, 512) is None
 
 
 def test_audio_of_the_used_window():
@@ -191,7 +212,7 @@ def test_second_tracking_pass_reuses_the_first_pass_detections(models_dir):
     # pass 1: 13 detections, 13 fits from the box + 12 from the previous frame; pass 2: 1 fit from the
     # seed box + 12 from the previous frame, and no detection
     assert calls == {"detect": 13, "refine": 13 + 12 + 1 + 12}
-    assert np.array_equal(tracks.landmarks, track_faces(frames.read(), det, lmk).landmarks)
+    assert np.array_equal(tracks.landmarks, track_faces(np.stack(list(frames)), det, lmk).landmarks)
 
 
 def test_extract_cli_frame_window(models_dir, tmp_path, capsys):
@@ -224,7 +245,7 @@ def test_crops_and_preview_in_one_pass_equal_the_separate_ones(models_dir):
             return super().__iter__()
 
     clip = Counted(media_path("two_person.mp4"), length=5)
-    tracks = track_faces(clip.read(), FaceDetector(str(models_dir / "face_det.onnx")),
+    tracks = track_faces(np.stack(list(clip)), FaceDetector(str(models_dir / "face_det.onnx")),
                          LandmarkModel(str(models_dir / "face_landmark.onnx")))
     Counted.passes = 0
     crops, preview = crops_and_preview(clip, tracks, max_side=512)

@@ -54,6 +54,8 @@ def test_the_log_says_which_releases_were_run_and_which_only_read():
     assert "ComfyUI 0.45.2 is newer than the releases the pack is tested on (0.3.64, 0.3.75)" in newer
     assert "checked in the sources up to 0.38.1" in newer
     assert "newer than the releases" in module.comfyui_tested_note("0.3.76-dev")
+    assert "a release the pack is tested on" in module.comfyui_tested_note("0.3.75-1")  # a packaging of 0.3.75
+    assert "does not say its release (None)" in module.comfyui_tested_note(None)
 
 
 def _load_pack(name):
