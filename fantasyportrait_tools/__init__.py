@@ -22,9 +22,16 @@ def is_pack(folder: str) -> bool:
         return "comfy_entrypoint" in fh.read()
 
 
+#: the shipped workflows by their short names (``run --workflow single``, a jobs file's ``workflow`` column)
+SHIPPED = {"single": "fantasyportrait_single", "two_from_one_video": "fantasyportrait_two_from_one_video",
+           "people_from_videos": "fantasyportrait_people_from_videos",
+           "custom_sampling": "fantasyportrait_custom_sampling"}
+
+
 def shipped_workflow(name: str) -> str:
-    """The API file of a shipped workflow (``fantasyportrait_single``, ...): the pack's ``workflows/api/``, or the
-    copy installed with the package."""
+    """The API file of a shipped workflow (``fantasyportrait_single`` or its short name ``single``, ...): the pack's
+    ``workflows/api/``, or the copy installed with the package."""
+    name = SHIPPED.get(name, name)
     own = os.path.join(PACK_DIR, "workflows", "api", f"{name}_api.json")
     if os.path.isfile(own):
         return own

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import contextlib
 import shutil
 import sys
@@ -136,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "ComfyUI is started for this run on a free loopback port and stopped afterwards")
     _private_server_options(run)
     run.add_argument("--workflow", required=True, metavar="W_api.json",
-                     help="API-format workflow, e.g. workflows/api/fantasyportrait_single_api.json")
+                     help="API-format workflow file, or a shipped one by name: single, two_from_one_video, "
+                          "people_from_videos, custom_sampling")
     run.add_argument("--image", metavar="IMG", help="portrait image for the workflow's LoadImage node")
     run.add_argument("--video", action="append", default=[], metavar="VID",
                      help="driving video; repeat for workflows with several LoadVideo nodes")
@@ -261,8 +263,11 @@ def _cmd_batch(args) -> int:
 
 
 def _cmd_run(args) -> int:
+    from . import SHIPPED, shipped_workflow
     from .runner import RunError, run
 
+    if args.workflow in SHIPPED and not os.path.exists(args.workflow):  # a shipped graph by its short name
+        args.workflow = shipped_workflow(args.workflow)
     try:
         if args.server:
             out = run(args.server, args.workflow, args.image, args.video, args.out, timeout=args.timeout,

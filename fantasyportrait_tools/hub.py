@@ -14,6 +14,7 @@ from fantasyportrait_core.errors import FantasyPortraitError, require
 
 from . import file_sha256
 
+
 STAGING = ".fantasyportrait-download"  # beside each target folder: partial downloads, resumed from there
 STATE = ".fantasyportrait-verified.json"  # in models/: files already checked, by size and time
 
@@ -31,16 +32,12 @@ class ModelFile:
         return os.path.basename(self.path)
 
 
-
 @dataclass
 class Step:
     item: ModelFile
     target: str          # final path
     present: str | None  # where it already is, complete
     partial: int = 0     # bytes already downloaded in the staging folder
-
-
-
 
 
 def _hub():

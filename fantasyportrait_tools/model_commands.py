@@ -10,10 +10,11 @@ import sys
 from fantasyportrait_core.errors import FantasyPortraitError, require
 
 
-def need_model_core(command: str) -> None:
+def need_model_core(command: str, opencv: bool = True) -> None:
     """Say what to install when the model core's own dependencies are missing (before anything else fails)."""
     for module, pip_name in (("numpy", "numpy"), ("torch", "torch"), ("cv2", "opencv-python-headless")):
-        require(module, f"fantasyportrait {command}", pip_name)
+        if module != "cv2" or opencv:
+            require(module, f"fantasyportrait {command}", pip_name)
 
 
 def progress_printer(label: str):
@@ -100,7 +101,7 @@ def cmd_extract(args) -> int:
 
 
 def cmd_encode(args) -> int:
-    need_model_core("encode")
+    need_model_core("encode", opencv=bool(args.motion_preview))  # OpenCV only draws the motion preview
     import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file

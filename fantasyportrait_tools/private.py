@@ -14,6 +14,7 @@ from fantasyportrait_core.errors import FantasyPortraitError
 from .errors import RunError
 from .runner import ComfyClient
 
+
 def find_comfyui(explicit: str | None = None, pack_dir: str | None = None, missing: str | None = None) -> str:
     """The ComfyUI folder to start: ``explicit``, or the ComfyUI whose ``custom_nodes/`` holds this pack
     (``pack_dir``, default the pack's own folder). ``missing``: the message when there is neither."""

@@ -306,7 +306,3 @@ def run(server: str, workflow_path: str, image: str | None, videos: list[str], o
     with open(out, "wb") as fh:
         fh.write(data)
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# a private, headless ComfyUI for one run

@@ -10,6 +10,7 @@ from fantasyportrait_core.errors import FantasyPortraitError
 
 from .errors import RunError
 
+
 def node_order(node_id: str) -> tuple:
     """Sort key of API-format node ids: numerically ("2" before "10")."""
     return len(node_id), node_id

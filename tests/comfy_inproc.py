@@ -1,4 +1,5 @@
-"""A real ComfyUI in this process, for the host-check scripts (run with the host's Python).
+"""A real ComfyUI in this process, for the host test files (tests/host_*.py) and the Wan benchmarks (run with the
+host's Python).
 
 ``boot(comfy_dir, repo)`` imports ComfyUI with CPU settings and the pack under a package name, and
 returns a namespace with a tiny Wan 2.1 I2V model, WanImageToVideo-like conditioning (with a
@@ -9,8 +10,6 @@ import os
 import sys
 import tempfile
 import types
-
-import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -151,32 +150,3 @@ def block_inputs(H, frames=3):
     e = torch.randn(2, 6, 256, generator=g)
     ctx = torch.randn(2, 257 + 12, 256, generator=g)
     return x, e, dm.rope_encode(frames, 8, 10, device=x.device, dtype=x.dtype), ctx
-
-
-# --- for the host test files (tests/host_*.py): import these fixtures there ---------------------------------
-
-@pytest.fixture(scope="module")
-def H():
-    """The booted host of one host test file (one ComfyUI boot per file)."""
-    return boot(os.environ["COMFYUI_DIR"], REPO)
-
-
-@pytest.fixture(scope="module")
-def faces(H):
-    """The released face models (skips without them)."""
-    from media import model_path
-
-    from fantasyportrait_pack.fantasyportrait_core.faces.detector import FaceDetector
-    from fantasyportrait_pack.fantasyportrait_core.faces.landmarks import LandmarkModel
-    from fantasyportrait_pack.fantasyportrait_core.motion.extraction import FaceModels
-
-    return FaceModels(FaceDetector(model_path("face_det.onnx")), LandmarkModel(model_path("face_landmark.onnx")))
-
-
-def error_of(fn):
-    """The message of what ``fn()`` raises, or None."""
-    try:
-        fn()
-    except Exception as exc:  # noqa: BLE001
-        return f"{type(exc).__name__}: {exc}"
-    return None

@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from comfy_inproc import H, faces  # noqa: F401 (fixtures)
+from inproc_fixtures import H, faces  # noqa: F401 (fixtures)
 from media import media_path, read_frames
 
 

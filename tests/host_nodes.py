@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from comfy_servers import FAMILIES
-from comfy_inproc import H, faces  # noqa: F401 (fixtures)
-from comfy_inproc import apply, block_inputs, call_block_patch, custom, error_of, fp_sampler, ksampler, max_diff, rel
+from inproc_fixtures import H, error_of, faces  # noqa: F401 (fixtures)
+from comfy_inproc import apply, block_inputs, call_block_patch, custom, fp_sampler, ksampler, max_diff, rel
 from media import media_path, read_frames
 
 

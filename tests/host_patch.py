@@ -9,8 +9,8 @@ import types
 
 import pytest
 
-from comfy_inproc import H  # noqa: F401 (fixture)
-from comfy_inproc import apply, block_inputs, call_block_patch, custom, error_of, fp_sampler, ksampler, max_diff, rel
+from inproc_fixtures import H, error_of  # noqa: F401 (fixture)
+from comfy_inproc import apply, block_inputs, call_block_patch, custom, fp_sampler, ksampler, max_diff, rel
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The pack imports without ComfyUI and hands its nodes to ComfyUI through the V3 entry point only.
 
 (That the entry point gives ComfyUI every node, as io.ComfyNode classes, is checked in a real ComfyUI:
-tests/test_comfyui.py::test_the_nodes_come_through_the_v3_entry_point.)"""
+tests/host_nodes.py::test_the_nodes_come_through_the_v3_entry_point.)"""
 
 import glob
 import importlib.util

@@ -17,7 +17,7 @@ with open(os.path.join(ROOT, "tests", "data", "core_nodes.json")) as fh:
 
 def pack_nodes():
     """Input/output declarations of the pack's nodes, read without ComfyUI from the builder's table
-    (test_node_declarations_match_builder checks that table against the node classes when ComfyUI is present)."""
+    (tests/test_comfyui.py::test_server_lists_every_node checks that table against a real server's nodes)."""
     sys.path.insert(0, WF)
     import build_workflows
 

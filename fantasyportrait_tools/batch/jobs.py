@@ -14,11 +14,9 @@ from dataclasses import asdict, dataclass, field
 from fantasyportrait_core.errors import FantasyPortraitError
 from fantasyportrait_core.sizing import MULTIPLE, RESOLUTIONS
 
-from .. import shipped_workflow
+from .. import SHIPPED, shipped_workflow
 from ..workflow import apply_overrides, load_workflow, nodes_of_class
 
-SHIPPED = {"single": "fantasyportrait_single", "two_from_one_video": "fantasyportrait_two_from_one_video",
-           "people_from_videos": "fantasyportrait_people_from_videos"}
 
 #: named columns -> (value type, [(node class, input)] the value goes to; the first class present wins)
 NAMED = {
@@ -109,7 +107,7 @@ def _workflow_path(value: str | None, videos: int, base: str) -> str:
     if not value:
         value = "single" if videos <= 1 else "people_from_videos"
     if value in SHIPPED:
-        return shipped_workflow(SHIPPED[value])
+        return shipped_workflow(value)
     return os.path.abspath(_resolve(base, value))
 
 
@@ -254,7 +252,3 @@ def job_workflow(job: Job, workflows: dict) -> dict:
     for nid, inp, value in job.changes:
         wf[nid]["inputs"][inp] = value
     return wf
-
-
-# --------------------------------------------------------------------------------------------
-# the manifest

@@ -9,6 +9,7 @@ import os
 from .. import file_sha256
 from .jobs import Job
 
+
 def write_manifest(path: str, jobs: list[Job]) -> None:
     """All jobs, one JSON object per line, replaced atomically (a reader never sees half a file)."""
     tmp = f"{path}.{os.getpid()}.tmp"
@@ -46,10 +47,6 @@ def resume(jobs: list[Job], manifest: dict, out_dir: str) -> int:
                 setattr(job, k, rec.get(k))
             skipped += 1
     return skipped
-
-
-# --------------------------------------------------------------------------------------------
-# servers
 
 
 def clock(seconds: float) -> str:

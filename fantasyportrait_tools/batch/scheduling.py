@@ -22,6 +22,7 @@ from .jobs import STATUSES, Job, job_workflow, load_jobs
 from .manifest import clock, read_manifest, resume, summary, write_manifest
 from .servers import Server, check_servers
 
+
 class Batch:
     def __init__(self, jobs: list[Job], workflows: dict, servers: list[Server], out_dir: str, manifest: str,
                  retries: int = 3, timeout: float | None = None, say: Callable[[str], None] = print,

@@ -17,6 +17,7 @@ from ..runner import ComfyClient
 from ..workflow import check_workflow
 from .jobs import Job, JobsFileError, job_workflow
 
+
 def _environment(variable: str, header: str) -> str:
     if variable not in os.environ:
         raise FantasyPortraitError(f"Header {header!r} reads ${{{variable}}}, but the environment variable "
@@ -72,10 +73,6 @@ class Server:
         except RunError:
             self.alive = False
         return self.alive
-
-
-# --------------------------------------------------------------------------------------------
-# the run
 
 
 def check_servers(jobs: list[Job], workflows: dict, servers: list[Server],
