@@ -1,0 +1,65 @@
+"""The setups users run beside the portrait (issue 23), in a real ComfyUI in this process (run by
+tests/test_in_host.py with the host's Python): a LoRA on the Wan model before or after FantasyPortrait Apply, and
+fp8 weights."""
+
+import os
+
+import pytest
+
+from comfy_inproc import apply, fp_sampler, ksampler, max_diff, rel
+from inproc_fixtures import H  # noqa: F401 (fixture)
+
+
+def wan_lora(H, rank=4, seed=11):
+    """A LoRA on every linear layer of the tiny Wan's blocks, in the generic key layout ComfyUI loads for Wan
+    (``diffusion_model.<module>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    lora = {}
+    for name, module in H.model.model.diffusion_model.blocks.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            key = f"diffusion_model.blocks.{name}"
+            lora[f"{key}.lora_down.weight"] = torch.randn(rank, module.in_features, generator=g) * 0.05
+            lora[f"{key}.lora_up.weight"] = torch.randn(module.out_features, rank, generator=g) * 0.05
+            lora[f"{key}.alpha"] = torch.tensor(float(rank))
+    assert len(lora) > 30
+    return lora
+
+
+def test_a_lora_gives_the_same_result_before_and_after_apply(H):
+    """LoRA -> Apply and Apply -> LoRA sample the same latent (the patch runs the host's own block, so the LoRA's
+    weight patches apply either way); the LoRA changes the result; with distill settings (4 steps, cfg 1,
+    portrait_cfg 1: no extra pass) the run is finite."""
+    import comfy.sd
+
+    lora = wan_lora(H)
+    before = apply(H, comfy.sd.load_lora_for_models(H.model, None, lora, 1.0, 0)[0])
+    after = comfy.sd.load_lora_for_models(apply(H, H.model), None, lora, 1.0, 0)[0]
+    with_lora = ksampler(H, before)
+    assert max_diff(with_lora, ksampler(H, after)) == 0.0
+    assert rel(with_lora, ksampler(H, apply(H, H.model))) > 1e-3  # the LoRA acts
+    fast = fp_sampler(H, before, cfg=1.0, portrait_cfg=1.0)
+    assert bool(H.torch.isfinite(fast).all())
+
+
+def test_fp8_weights_run_with_the_portrait(H):
+    """The tiny Wan stored in fp8 (e4m3fn, as the fp8 files and UNETLoader's weight_dtype make it): strength 0 is
+    exactly the stock sampler on that model, and with the portrait the latent is within the model's own fp8
+    rounding of the full-precision run."""
+    import comfy.sd
+    import torch
+
+    if not hasattr(torch, "float8_e4m3fn"):
+        pytest.skip("this torch has no float8_e4m3fn")
+    model8 = comfy.sd.load_diffusion_model(os.path.join(H.tmp, "tiny_wan_i2v.safetensors"),
+                                           model_options={"dtype": torch.float8_e4m3fn})
+    weights = {p.dtype for p in model8.model.diffusion_model.blocks.parameters()}
+    assert torch.float8_e4m3fn in weights
+    assert torch.equal(fp_sampler(H, model8, 3.0, 1.0, strength=0.0), ksampler(H, model8))
+    stock8, stock32 = ksampler(H, model8), ksampler(H, H.model)
+    on8, on32 = ksampler(H, apply(H, model8)), ksampler(H, apply(H, H.model))
+    assert bool(torch.isfinite(on8).all())
+    assert rel(on8, stock8) > 1e-3  # the portrait acts on fp8 weights
+    # the portrait adds no rounding of its own: its fp8 run is as far from fp32 as the stock model's (0.066 vs 0.067)
+    assert rel(on8, on32) < 1.25 * rel(stock8, stock32)
