@@ -16,6 +16,7 @@ that VIDEO without decoding the rest of the file.
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import os
 from collections.abc import Sequence
@@ -113,7 +114,6 @@ class DrivingFrames(Sequence):
             self.source_fps = float(stream.average_rate or stream.guessed_rate or 25.0)
             pts, self._time_base = self._frame_pts(container, stream)
             size = (stream.width, stream.height)
-            self.rotation = self._rotation(container, stream)
         self.source_frames = len(pts)
         if self.source_frames == 0:
             raise FantasyPortraitError(f"{self.name} contains no video frames: it is empty or incomplete.")
@@ -130,15 +130,15 @@ class DrivingFrames(Sequence):
                 f"fps{self._trim_note}: lower start_frame.")
         self.indices = idx[start:start + length] if length else idx[start:]
 
-    @staticmethod
-    def _rotation(container, stream) -> int:
-        """The display rotation (degrees) of the clip's frames, from its first frame (0 when none or unknown).
-        Frames are given as stored, unrotated."""
-        container.seek(0)
-        try:
-            frame = next(container.decode(stream), None)
-        except Exception:  # noqa: BLE001 - a clip that does not decode is reported when its frames are read
-            return 0
+    @functools.cached_property
+    def rotation(self) -> int:
+        """The display rotation (degrees) of the clip's frames, from its first frame (0 when none or unknown;
+        read when first asked). Frames are given as stored, unrotated."""
+        with _open(self.source, self.name) as container:
+            try:
+                frame = next(container.decode(_video_stream(container, self.name)), None)
+            except Exception:  # noqa: BLE001 - a clip that does not decode is reported when its frames are read
+                return 0
         return int(round(getattr(frame, "rotation", 0) or 0)) % 360 if frame is not None else 0
 
     @staticmethod

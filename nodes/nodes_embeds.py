@@ -59,8 +59,7 @@ class FantasyPortraitEncode(io.ComfyNode):
         from .managed import load_managed, managed_module
 
         require_finite(proj_scale=proj_scale, mouth_scale=mouth_scale, emo_scale=emo_scale, fps=fps)
-        driver = driver_motion(features.features, features.tracks, features.fps, person, fps or None,
-                               num_frames or None, frame_fit)
+        driver = driver_motion(features.features, features.tracks, features.fps, person, fps, num_frames, frame_fit)
         if person < 0:
             log.info("FantasyPortrait: person %d (the largest face) drives the portrait", driver.person)
         for note in driver.notes:

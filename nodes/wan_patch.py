@@ -157,8 +157,9 @@ class PortraitCall:
         """The adapter output of block ``index`` for the block's query ``q`` (zero outside the video tokens
         and in rows without the portrait)."""
         k, v = self.run.kv(index, self.frames, q.device, q.dtype)
-        video = self.video or slice(0, q.shape[1])
-        if self.rows.numel() == q.shape[0] and video == slice(0, q.shape[1]):
+        every = slice(0, q.shape[1])
+        video = self.video or every
+        if self.rows.numel() == q.shape[0] and video == every:
             return adapter_cross_attention(q, k, v, num_heads, self.scale.to(q.dtype), self.mask, self.query_scale)
         out = torch.zeros_like(q)
         out[self.rows, video] = adapter_cross_attention(q[self.rows, video], k, v, num_heads,

@@ -140,11 +140,11 @@ def crops_to_tensor(crops: np.ndarray) -> torch.Tensor:
 
 
 def motion_encoder_from_state_dict(state: dict, name: str = "pd_fpg.pth", dtype=torch.float32,
-                                   operations=None) -> MotionEncoder:
+                                   operations=nn) -> MotionEncoder:
     """Strictly load a PD-FGC state dict (unprefixed, or with the single file's ``pd_fpg.``)."""
     state = sub_state(state, MOTION_ENCODER_PREFIX) or state
     with torch.device("meta"):
-        encoder = MotionEncoder(operations=operations or nn)
+        encoder = MotionEncoder(operations=operations)
     if not any(k in state for k in encoder.state_dict()):
         raise CheckpointError(
             f"{name} is not the PD-FGC motion encoder (pd_fpg.pth); its first keys are: {', '.join(sorted(state)[:5])}.")
@@ -152,5 +152,5 @@ def motion_encoder_from_state_dict(state: dict, name: str = "pd_fpg.pth", dtype=
     return encoder.eval()
 
 
-def load_motion_encoder(path: str, dtype=torch.float32, operations=None) -> MotionEncoder:
+def load_motion_encoder(path: str, dtype=torch.float32, operations=nn) -> MotionEncoder:
     return motion_encoder_from_state_dict(read_state_dict(path), os.path.basename(path), dtype, operations)

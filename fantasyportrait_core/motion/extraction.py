@@ -33,7 +33,7 @@ class FaceModels:
 
 
 def load_face_models(models_dir: str | None = None, detector: str | None = None, landmarks: str | None = None,
-                     motion: str | None = None, providers=None, dtype=torch.float32, operations=None) -> FaceModels:
+                     motion: str | None = None, providers=None, dtype=torch.float32, operations=torch.nn) -> FaceModels:
     """Load the released face models from a folder holding the released file names, or from paths
     (``operations``: the motion encoder's layers, see :mod:`.encoder`)."""
     def path_of(kind, given):

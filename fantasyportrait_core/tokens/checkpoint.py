@@ -65,7 +65,7 @@ class FantasyPortraitAdapter:
     motion_encoder_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
 
-def _infer_resampler(sub: dict, part: str, name: str, operations=None) -> Resampler:
+def _infer_resampler(sub: dict, part: str, name: str, operations=torch.nn) -> Resampler:
     try:
         _, num_queries, dim = sub["latents"].shape
         in_dim = sub["proj_in.weight"].shape[1]
@@ -79,10 +79,10 @@ def _infer_resampler(sub: dict, part: str, name: str, operations=None) -> Resamp
     with torch.device("meta"):
         return Resampler(dim=dim, depth=depth, heads=inner // dim_head, dim_head=dim_head,
                          num_queries=num_queries, in_dim=in_dim, out_dim=out_dim, ff_hidden=ff_hidden,
-                         operations=operations or torch.nn)
+                         operations=operations)
 
 
-def _infer_projection(sub: dict, name: str, operations=None) -> MultiProjection:
+def _infer_projection(sub: dict, name: str, operations=torch.nn) -> MultiProjection:
     try:
         shapes = {p: sub[f"{p}_proj.weight"].shape for p in PROJ_PARTS}
     except KeyError as exc:
@@ -91,7 +91,7 @@ def _infer_projection(sub: dict, name: str, operations=None) -> MultiProjection:
     if len(out_dims) != 1:
         raise CheckpointError(f"{name}: proj_model's projections disagree on the token width: {shapes}.")
     with torch.device("meta"):
-        return MultiProjection({p: s[1] for p, s in shapes.items()}, out_dims.pop(), operations or torch.nn)
+        return MultiProjection({p: s[1] for p, s in shapes.items()}, out_dims.pop(), operations)
 
 
 def _blocks(sub: dict, name: str, dtype: torch.dtype) -> AdapterBlocks:
@@ -118,7 +118,7 @@ def _blocks(sub: dict, name: str, dtype: torch.dtype) -> AdapterBlocks:
 
 
 def adapter_from_state_dict(state: dict[str, torch.Tensor], name: str = "checkpoint",
-                            dtype=torch.float32, operations=None) -> FantasyPortraitAdapter:
+                            dtype=torch.float32, operations=torch.nn) -> FantasyPortraitAdapter:
     """Build the adapter from a flat state dict in either released layout (see module docs).
 
     ``dtype`` is the precision of the per-block K/V projections; the expression encoder is fp32, its layers
@@ -156,7 +156,7 @@ def adapter_from_state_dict(state: dict[str, torch.Tensor], name: str = "checkpo
     return FantasyPortraitAdapter(encoder=encoder, blocks=blocks, source=name, motion_encoder_state=motion)
 
 
-def load_adapter(path: str | os.PathLike, dtype="fp32", operations=None) -> FantasyPortraitAdapter:
+def load_adapter(path: str | os.PathLike, dtype="fp32", operations=torch.nn) -> FantasyPortraitAdapter:
     """Load ``fantasyportrait_model.ckpt`` or the single-file safetensors."""
     state = read_state_dict(path)
     return adapter_from_state_dict(state, name=os.path.basename(os.fspath(path)), dtype=dtype, operations=operations)

@@ -28,8 +28,8 @@ def driver_motion(features: torch.Tensor, tracks: FaceTracks | None, fps: float 
                   retime_to: float | None = None, num_frames: int | None = None,
                   frame_fit: str = "trim") -> DriverMotion:
     """Person ``person`` of ``[P, F, 554]`` features (-1: the largest face, the released rule; needs tracks
-    unless there is one person), retimed from ``fps`` to ``retime_to`` (nearest frame) and fitted to
-    ``num_frames`` (or to 4k+1) by ``frame_fit`` (trim / pad)."""
+    unless there is one person), retimed from ``fps`` to ``retime_to`` (nearest frame; 0/None: not retimed) and
+    fitted to ``num_frames`` (0/None: to 4k+1) by ``frame_fit`` (trim / pad)."""
     notes = []
     if person < 0 and tracks is None:  # features made without the tracker: only one person can be meant
         if features.shape[0] > 1:
@@ -49,9 +49,9 @@ def driver_motion(features: torch.Tensor, tracks: FaceTracks | None, fps: float 
         boxes = boxes[idx] if boxes is not None else None
         notes.append(f"resampled the driving motion from {fps:g} to {retime_to:g} fps ({len(idx)} frames)")
         fps = retime_to
-    feats, note = fit_frame_count(feats, frame_fit, target=num_frames or None)
+    target = num_frames or None
+    feats, note = fit_frame_count(feats, frame_fit, target=target)
     notes += [note] if note else []
     if boxes is not None:
-        boxes = fit_frame_count(torch.from_numpy(np.ascontiguousarray(boxes)), frame_fit,
-                                target=num_frames or None)[0].numpy()
+        boxes = fit_frame_count(torch.from_numpy(np.ascontiguousarray(boxes)), frame_fit, target=target)[0].numpy()
     return DriverMotion(feats, boxes, fps, person, notes)
