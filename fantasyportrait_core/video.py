@@ -287,14 +287,15 @@ def read_audio(source, start: float, duration: float | None = None, name: str = 
     return {"waveform": torch.from_numpy(np.ascontiguousarray(wave))[None], "sample_rate": rate}
 
 
-def write_video(path: str, frames, fps: float) -> None:
+def write_video(path: str, frames, fps: float, container_format: str | None = None, crf: int | None = None) -> None:
     """Write ``[F, H, W, 3]`` uint8 RGB frames (an array or any sequence of frames) as an H.264 (or
-    MPEG-4) video."""
+    MPEG-4) video; ``container_format`` (e.g. ``"mp4"``) when the file name does not say it, ``crf`` the H.264
+    quality (lower is better; libx264's default is 23)."""
     av = require("av", "Writing preview videos", "av")
     from fractions import Fraction
 
     stream = None
-    with av.open(path, mode="w") as container:
+    with av.open(path, mode="w", format=container_format) as container:
         for frame in frames:
             frame = np.asarray(frame)
             if stream is None:
@@ -302,6 +303,8 @@ def write_video(path: str, frames, fps: float) -> None:
                 codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
                 stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
                 stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+                if crf is not None and codec == "libx264":
+                    stream.options = {"crf": str(crf)}
             packet = stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:h, :w]), format="rgb24"))
             container.mux(packet)
         if stream is not None:

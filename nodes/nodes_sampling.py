@@ -121,17 +121,24 @@ class FantasyPortraitSampler(io.ComfyNode):
                 denoise) -> io.NodeOutput:
         patched = _patch(model, adapter, portrait_embeds, portrait_strength, start_percent, end_percent)
         guider = _guider(patched, positive, negative, cfg, portrait_cfg)
-        latent = comfy.sample.fix_empty_latent_channels(patched, latent_image["samples"])
-        noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
-        ksampler = comfy.samplers.KSampler(patched, steps=steps, device=patched.load_device, sampler=sampler_name,
-                                           scheduler=scheduler, denoise=denoise, model_options=patched.model_options)
-        callback = latent_preview.prepare_callback(patched, steps)
-        samples = guider.sample(noise, latent, comfy.samplers.sampler_object(sampler_name), ksampler.sigmas,
-                                denoise_mask=latent_image.get("noise_mask"), callback=callback,
-                                disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-        out = latent_image.copy()
-        out["samples"] = samples.to(comfy.model_management.intermediate_device())
-        return io.NodeOutput(out)
+        return io.NodeOutput(run_sampler(patched, guider, latent_image, seed, steps, sampler_name, scheduler, denoise))
+
+
+def run_sampler(patched, guider, latent_image: dict, seed: int, steps: int, sampler_name: str, scheduler: str,
+                denoise: float = 1.0) -> dict:
+    """What KSampler does, with ``guider``: the sampled LATENT (a copy of ``latent_image`` with new samples), with
+    ComfyUI's progress bar and previews."""
+    latent = comfy.sample.fix_empty_latent_channels(patched, latent_image["samples"])
+    noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
+    ksampler = comfy.samplers.KSampler(patched, steps=steps, device=patched.load_device, sampler=sampler_name,
+                                       scheduler=scheduler, denoise=denoise, model_options=patched.model_options)
+    callback = latent_preview.prepare_callback(patched, steps)
+    samples = guider.sample(noise, latent, comfy.samplers.sampler_object(sampler_name), ksampler.sigmas,
+                            denoise_mask=latent_image.get("noise_mask"), callback=callback,
+                            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    out = latent_image.copy()
+    out["samples"] = samples.to(comfy.model_management.intermediate_device())
+    return out
 
 
 NODES = [FantasyPortraitApply, FantasyPortraitGuider, FantasyPortraitSampler]

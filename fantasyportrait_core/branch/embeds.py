@@ -3,12 +3,13 @@ output ``portrait_embeds``) between nodes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from ..tokens.encoding import ExpressionTokens
+from ..tokens.windows import latent_frame_count
 
 
 @dataclass
@@ -28,3 +29,12 @@ class PortraitEmbeds:
     mask: torch.Tensor | None = None
     query_scale: torch.Tensor | None = None
     size: tuple[int, int] | None = None
+
+    def frames(self, start: int, count: int) -> "PortraitEmbeds":
+        """The embeds of driver frames ``[start, start + count)`` alone, as one pass over just those frames gets
+        them: one chunk of a long video. The mask and strengths are the same for every frame."""
+        mask = self.mask
+        if mask is not None and mask.ndim == 3:  # [T_lat, L, W]: one frame's, repeated
+            mask = mask[:latent_frame_count(count)]
+        boxes = self.driver_boxes[start:start + count] if self.driver_boxes is not None else None
+        return replace(self, expression=self.expression.frames(start, count), driver_boxes=boxes, mask=mask)

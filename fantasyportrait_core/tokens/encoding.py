@@ -7,6 +7,7 @@ from typing import Callable
 
 import torch
 
+from ..errors import FantasyPortraitError
 from .adapter import ExpressionEncoder, GroupScales
 from .windows import build_windows, check_frame_count
 
@@ -19,6 +20,20 @@ class ExpressionTokens:
     windows: torch.Tensor  # [P, T_lat, 4n+1, C]
     num_frames: int
     tokens_per_frame: int
+
+    def frames(self, start: int, count: int) -> "ExpressionTokens":
+        """The tokens and windows of frames ``[start, start + count)`` (``count`` 4k+1) exactly as a clip of just
+        those frames gets them (its first frame opens the first window), for one chunk of a long video. Windows
+        of several persons side by side (``[1, T, P*W, C]`` from Multi-Portrait Combine) stay side by side."""
+        if start < 0 or start + count > self.num_frames:
+            raise FantasyPortraitError(f"Frames {start}..{start + count - 1} were asked for but the driving motion "
+                                       f"has {self.num_frames} frames.")
+        n = self.tokens_per_frame
+        tokens = self.tokens[:, start * n:(start + count) * n]
+        windows = build_windows(tokens, count, n)  # [P, T, W, C], one row per person
+        if self.windows.shape[0] != tokens.shape[0]:  # persons side by side along the token axis
+            windows = torch.cat(windows.unbind(0), dim=1).unsqueeze(0)
+        return ExpressionTokens(tokens, windows, count, n)
 
 
 @torch.inference_mode()
