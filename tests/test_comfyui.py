@@ -95,16 +95,19 @@ def server(tmp_path_factory, tiny_models_base):
 
 
 SHIPPED = ("fantasyportrait_single", "fantasyportrait_two_from_one_video", "fantasyportrait_people_from_videos",
-           "fantasyportrait_custom_sampling")
+           "fantasyportrait_custom_sampling", "fantasyportrait_long")
+LONG = "fantasyportrait_long"
 
 
 def shipped(name="fantasyportrait_single", size=(64, 64), length=9, sets=()):
     """A shipped API workflow as it is, and the ``--set`` options that point it at the tiny test models:
     file names, a small size instead of Output Size's 480p, a short frame window and 2 steps; ``sets`` adds
     (node class, input, value) items (each class once in the workflow)."""
-    steps = "FantasyPortraitSampler" if node_ids(name, "FantasyPortraitSampler") else "BasicScheduler"
+    steps = next(c for c in ("FantasyPortraitSampler", "FantasyPortraitLongVideo", "BasicScheduler") if node_ids(name, c))
     items = tiny_sets(name, length) + [f"{steps}.steps=2"]
-    for cls in ("WanImageToVideo", "FantasyPortraitMultiCombine"):
+    if steps == "FantasyPortraitLongVideo":  # chunks of 9 frames, each after the first from the last 5 of the one before
+        items += ["FantasyPortraitLongVideo.chunk_length=9", "FantasyPortraitLongVideo.overlap=5"]
+    for cls in ("WanImageToVideo", "FantasyPortraitMultiCombine", "FantasyPortraitLongVideo"):
         for node_id in node_ids(name, cls):
             items += [f"{node_id}.width={size[0]}", f"{node_id}.height={size[1]}"]
     return shipped_path(name), items + [f"{n}.{k}={v}" for n, k, v in sets]
@@ -146,6 +149,8 @@ def shipped_case(server, name):
     """Per shipped workflow: the inputs it is run with, and what its saved video must be."""
     if name in ("fantasyportrait_single", "fantasyportrait_custom_sampling"):  # jgz.mp4: 15 fps with audio, its rate
         return dict(image=None, videos=None), ((64, 64), 9, 15.0, True)
+    if name == LONG:  # 21 frames of jgz.mp4 in 4 chunks of 9 (overlap 5)
+        return dict(image=None, videos=None, length=21), ((64, 64), 21, 15.0, True)
     clip = two_person_clip(server["tmp"])  # 23 fps, no audio; the multi-person graphs retime to 25 fps (released)
     videos = [clip] if name == "fantasyportrait_two_from_one_video" else [clip, media_path("jgz.mp4")]
     return dict(image=media_path("two_person.png"), videos=videos), ((96, 64), 9, 25.0, False)
@@ -155,7 +160,7 @@ def shipped_case(server, name):
 def test_shipped_workflows_run_against_a_server(server, name):
     inputs, expect = shipped_case(server, name)
     out = server["tmp"] / f"{name}.mp4"
-    proc = run_cli(server, shipped(name, size=expect[0]), out, **inputs)
+    proc = run_cli(server, shipped(name, size=expect[0], length=inputs.pop("length", 9)), out, **inputs)
     assert proc.returncode == 0, proc.stderr[-3000:] + server["log"].read_text()[-3000:]
     assert "now takes this value instead of node 24's output 0" in proc.stderr  # the size override is said
     check_video(out, *expect)
@@ -261,3 +266,45 @@ def test_cancel_leaves_the_server_healthy(server):
     out = server["tmp"] / "after_cancel.mp4"
     proc = run_cli(server, shipped(), out)
     assert proc.returncode == 0 and out.stat().st_size > 0, proc.stderr[-2000:]
+
+
+def test_a_long_run_resumes_after_its_server_is_killed(server, tmp_path):
+    """The shipped long workflow on 33 frames (8 chunks of 9, overlap 5) on a server of its own, killed once two
+    chunks are finished; the same run on a new server resumes at the first unfinished chunk (the log says which)
+    and samples only the chunks left, and the video has every frame."""
+    import time
+
+    base = server["tmp"] / "base"
+    root = base / "output" / "fantasyportrait_chunks"
+    first = ComfyServer(base, tmp_path / "killed.log")
+    path, sets = shipped(LONG, length=33)
+    proc = subprocess.Popen([sys.executable, "-m", "fantasyportrait_tools", "run", "--server", first.url, "--workflow",
+                             path, *sum((["--set", item] for item in sets), []), "--image", media_path("man.jpeg"),
+                             "--video", media_path("jgz.mp4"), "--out", str(tmp_path / "never.mp4")], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not glob.glob(str(root / "*" / "chunk_0001.json")):
+            time.sleep(0.2)
+        assert glob.glob(str(root / "*" / "chunk_0001.json")), first.log.read_text()[-3000:]
+    finally:
+        first.kill()
+        proc.kill()
+    (run_dir,) = glob.glob(str(root / "*" / "chunk_0000.mp4"))
+    kept = {f: os.path.getmtime(f) for f in glob.glob(os.path.join(os.path.dirname(run_dir), "chunk_*"))}
+    finished = len([f for f in kept if f.endswith(".json")])
+    assert 2 <= finished < 8
+    second = ComfyServer(base, tmp_path / "resumed.log")
+    try:
+        out = tmp_path / "long.mp4"
+        proc = run_cli({**server, "url": second.url}, (path, sets), out)
+        log = second.log.read_text()
+        assert proc.returncode == 0, proc.stderr[-3000:] + log[-3000:]
+    finally:
+        second.stop()
+    assert f"resuming at chunk {finished + 1} of 8 (chunks 1-{finished} were finished before)" in log
+    sampled = [int(line.split("chunk ")[1].split(" of")[0]) for line in log.splitlines()
+               if "FantasyPortrait long video: chunk " in line]
+    assert sampled == list(range(finished + 1, 9))  # nothing finished is sampled again
+    check_video(out, (64, 64), 33, 15.0, True)
+    assert not any(os.path.exists(f) for f in kept)  # the chunk files are gone once the video is joined

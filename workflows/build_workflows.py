@@ -13,6 +13,9 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # the pack's own model list (fantasyportrait_tools.setup)
+sys.path.insert(0, HERE)
+
+from node_defs import NODE_DEFS, OPTIONAL, UI_EXTRA_WIDGETS  # noqa: E402 (the node table, beside this file)
 
 #: the stages the UI graphs are laid out and grouped by (one band each, top to bottom), and their node types
 STAGES = [
@@ -24,107 +27,11 @@ STAGES = [
         "FantasyPortraitFaceTracker", "FantasyPortraitExpressionExtractor", "FantasyPortraitMotionControl",
         "FantasyPortraitEncode", "FantasyPortraitMultiCombine", "PreviewImage")),
     ("Sampling: Wan 2.1 I2V with the portrait", "#535", (
-        "WanImageToVideo", "FantasyPortraitSampler", "FantasyPortraitApply", "FantasyPortraitGuider", "RandomNoise",
+        "WanImageToVideo", "FantasyPortraitSampler", "FantasyPortraitLongVideo", "FantasyPortraitApply", "FantasyPortraitGuider", "RandomNoise",
         "KSamplerSelect", "BasicScheduler", "SamplerCustomAdvanced")),
     ("Output: the video with the driving audio", "#355", ("VAEDecode", "CreateVideo", "SaveVideo")),
 ]
 NOTE_ID = 99  # the model-files note (a frontend-only node: it has no API twin)
-
-# class_type -> (ordered inputs as (name, type, is_widget), outputs as (name, type), extra UI widget values)
-NODE_DEFS = {
-    "UNETLoader": ([("unet_name", "COMBO", True), ("weight_dtype", "COMBO", True)], [("MODEL", "MODEL")]),
-    "ModelSamplingSD3": ([("model", "MODEL", False), ("shift", "FLOAT", True)], [("MODEL", "MODEL")]),
-    "CLIPLoader": ([("clip_name", "COMBO", True), ("type", "COMBO", True), ("device", "COMBO", True)],
-                   [("CLIP", "CLIP")]),
-    "CLIPTextEncode": ([("text", "STRING", True), ("clip", "CLIP", False)], [("CONDITIONING", "CONDITIONING")]),
-    "CLIPVisionLoader": ([("clip_name", "COMBO", True)], [("CLIP_VISION", "CLIP_VISION")]),
-    "CLIPVisionEncode": ([("clip_vision", "CLIP_VISION", False), ("image", "IMAGE", False), ("crop", "COMBO", True)],
-                         [("CLIP_VISION_OUTPUT", "CLIP_VISION_OUTPUT")]),
-    "LoadImage": ([("image", "COMBO", True)], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
-    "VAELoader": ([("vae_name", "COMBO", True)], [("VAE", "VAE")]),
-    "LoadVideo": ([("file", "COMBO", True)], [("VIDEO", "VIDEO")]),
-    "GetVideoComponents": ([("video", "VIDEO", False)], [("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")]),
-    "WanImageToVideo": ([("positive", "CONDITIONING", False), ("negative", "CONDITIONING", False), ("vae", "VAE", False),
-                         ("width", "INT", True), ("height", "INT", True), ("length", "INT", True),
-                         ("batch_size", "INT", True), ("clip_vision_output", "CLIP_VISION_OUTPUT", False),
-                         ("start_image", "IMAGE", False)],
-                        [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent", "LATENT")]),
-    "FantasyPortraitOutputSize": ([("image", "IMAGE", False), ("resolution", "COMBO", True),
-                                   ("face_models", "FANTASYPORTRAIT_FACE_MODELS", False)],
-                                  [("width", "INT"), ("height", "INT")]),
-    "VAEDecode": ([("samples", "LATENT", False), ("vae", "VAE", False)], [("IMAGE", "IMAGE")]),
-    "CreateVideo": ([("images", "IMAGE", False), ("fps", "FLOAT", True), ("audio", "AUDIO", False)],
-                    [("VIDEO", "VIDEO")]),
-    "SaveVideo": ([("video", "VIDEO", False), ("filename_prefix", "STRING", True), ("format", "COMBO", True),
-                   ("codec", "COMBO", True)], []),
-    "FantasyPortraitModelLoader": ([("model_name", "COMBO", True), ("dtype", "COMBO", True)],
-                                   [("adapter", "FANTASYPORTRAIT_MODEL")]),
-    "FantasyPortraitFaceModelLoader": ([("detector", "COMBO", True), ("landmarks", "COMBO", True),
-                                        ("motion_encoder", "COMBO", True), ("device", "COMBO", True),
-                                        ("insightface_dir", "STRING", True)],
-                                       [("face_models", "FANTASYPORTRAIT_FACE_MODELS")]),
-    "FantasyPortraitFaceTracker": ([("face_models", "FANTASYPORTRAIT_FACE_MODELS", False), ("min_face", "INT", True),
-                                    ("persons", "INT", True), ("video", "VIDEO", False), ("images", "IMAGE", False),
-                                    ("start_frame", "INT", True), ("length", "INT", True), ("fps", "FLOAT", True)],
-                                   [("tracks", "FANTASYPORTRAIT_TRACKS"), ("aligned_faces", "IMAGE"),
-                                    ("preview", "IMAGE"), ("fps", "FLOAT"), ("audio", "AUDIO")]),
-    "FantasyPortraitExpressionExtractor": ([("face_models", "FANTASYPORTRAIT_FACE_MODELS", False),
-                                            ("tracks", "FANTASYPORTRAIT_TRACKS", False), ("fps", "FLOAT", True)],
-                                           [("features", "FANTASYPORTRAIT_FEATURES")]),
-    "FantasyPortraitEncode": ([("adapter", "FANTASYPORTRAIT_MODEL", False), ("features", "FANTASYPORTRAIT_FEATURES", False),
-                               ("person", "INT", True), ("num_frames", "INT", True), ("frame_fit", "COMBO", True),
-                               ("proj_scale", "FLOAT", True), ("mouth_scale", "FLOAT", True),
-                               ("emo_scale", "FLOAT", True), ("fps", "FLOAT", True)],
-                              [("portrait_embeds", "FANTASYPORTRAIT_EMBEDS"), ("num_frames", "INT"), ("fps", "FLOAT")]),
-    "FantasyPortraitSampler": ([("model", "MODEL", False), ("adapter", "FANTASYPORTRAIT_MODEL", False),
-                                ("portrait_embeds", "FANTASYPORTRAIT_EMBEDS", False), ("portrait_strength", "FLOAT", True),
-                                ("start_percent", "FLOAT", True), ("end_percent", "FLOAT", True),
-                                ("positive", "CONDITIONING", False), ("negative", "CONDITIONING", False),
-                                ("latent_image", "LATENT", False), ("seed", "INT", True), ("steps", "INT", True),
-                                ("cfg", "FLOAT", True), ("portrait_cfg", "FLOAT", True), ("sampler_name", "COMBO", True),
-                                ("scheduler", "COMBO", True), ("denoise", "FLOAT", True)],
-                               [("LATENT", "LATENT")]),
-    "FantasyPortraitMultiCombine": ([("face_models", "FANTASYPORTRAIT_FACE_MODELS", False), ("image", "IMAGE", False),
-                                     ("width", "INT", True), ("height", "INT", True),
-                                     ("embeds_1", "FANTASYPORTRAIT_EMBEDS", False),
-                                     ("embeds_2", "FANTASYPORTRAIT_EMBEDS", False), ("mapping", "STRING", True),
-                                     ("background", "COMBO", True), ("strengths", "STRING", True),
-                                     ("embeds_3", "FANTASYPORTRAIT_EMBEDS", False),
-                                     ("embeds_4", "FANTASYPORTRAIT_EMBEDS", False)],
-                                    [("portrait_embeds", "FANTASYPORTRAIT_EMBEDS"), ("num_frames", "INT"),
-                                     ("regions_preview", "IMAGE"), ("fps", "FLOAT")]),
-    "PreviewImage": ([("images", "IMAGE", False)], []),
-    "FantasyPortraitMotionControl": ([("features", "FANTASYPORTRAIT_FEATURES", False), ("person", "INT", True)]
-                                     + [(f"{c}_{k}", t, True) for c in ("headpose", "eye", "emo", "mouth")
-                                        for k, t in (("mode", "COMBO"), ("amount", "FLOAT"), ("smooth", "FLOAT"))]
-                                     + [("reference_frame", "INT", True)],
-                                     [("features", "FANTASYPORTRAIT_FEATURES"), ("preview", "IMAGE")]),
-    "FantasyPortraitApply": ([("model", "MODEL", False), ("adapter", "FANTASYPORTRAIT_MODEL", False),
-                              ("portrait_embeds", "FANTASYPORTRAIT_EMBEDS", False), ("portrait_strength", "FLOAT", True),
-                              ("start_percent", "FLOAT", True), ("end_percent", "FLOAT", True)], [("MODEL", "MODEL")]),
-    "FantasyPortraitGuider": ([("model", "MODEL", False), ("positive", "CONDITIONING", False),
-                               ("negative", "CONDITIONING", False), ("cfg", "FLOAT", True),
-                               ("portrait_cfg", "FLOAT", True)], [("GUIDER", "GUIDER")]),
-    "RandomNoise": ([("noise_seed", "INT", True)], [("NOISE", "NOISE")]),
-    "KSamplerSelect": ([("sampler_name", "COMBO", True)], [("SAMPLER", "SAMPLER")]),
-    "BasicScheduler": ([("model", "MODEL", False), ("scheduler", "COMBO", True), ("steps", "INT", True),
-                        ("denoise", "FLOAT", True)], [("SIGMAS", "SIGMAS")]),
-    "SamplerCustomAdvanced": ([("noise", "NOISE", False), ("guider", "GUIDER", False), ("sampler", "SAMPLER", False),
-                               ("sigmas", "SIGMAS", False), ("latent_image", "LATENT", False)],
-                              [("output", "LATENT"), ("denoised_output", "LATENT")]),
-}
-# inputs that may stay unconnected
-OPTIONAL = {("FantasyPortraitMultiCombine", "embeds_3"), ("FantasyPortraitMultiCombine", "embeds_4"),
-            ("WanImageToVideo", "clip_vision_output"), ("WanImageToVideo", "start_image"),
-            ("CreateVideo", "audio"), ("CLIPLoader", "device"), ("FantasyPortraitEncode", "fps"),
-            ("FantasyPortraitFaceModelLoader", "insightface_dir"), ("FantasyPortraitFaceTracker", "images"),
-            ("FantasyPortraitFaceTracker", "video"), ("FantasyPortraitOutputSize", "face_models"),
-            ("FantasyPortraitFaceTracker", "start_frame"), ("FantasyPortraitFaceTracker", "length"),
-            ("FantasyPortraitFaceTracker", "fps"),
-            ("FantasyPortraitExpressionExtractor", "fps")}
-# widgets the frontend adds after a given widget (upload buttons, seed control)
-UI_EXTRA_WIDGETS = {("LoadImage", "image"): "image", ("FantasyPortraitSampler", "seed"): "fixed",
-                    ("RandomNoise", "noise_seed"): "fixed"}
 
 NEGATIVE = ("bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
             "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, "
@@ -253,6 +160,23 @@ def people_from_videos():
                   + combine_node([(17, 0), (23, 0)]), key=lambda n: n[0])
 
 
+def long_video():
+    """One portrait animated for the whole driving clip, however long: FantasyPortrait Long Video samples it in
+    chunks of 81 frames (each starting from the last 9 of the one before) and writes the video as it goes."""
+    base = [n for n in common((17, 0), (17, 1), (17, 2), (13, 4))
+            if n[1] not in ("WanImageToVideo", "FantasyPortraitSampler", "VAEDecode", "CreateVideo")]
+    base = [(i, c, t, {**v, "video": (60, 0)} if c == "SaveVideo" else v) for i, c, t, v in base]
+    motion = [(i, c, t, {**v, "length": 0} if c == "FantasyPortraitFaceTracker" else v)  # the whole clip
+              for i, c, t, v in driver(10, 13, 15, 0, 0.0)]
+    long_node = (60, "FantasyPortraitLongVideo", "Long video: every frame of the driving clip, chunk by chunk", {
+        "model": (2, 0), "adapter": (16, 0), "portrait_embeds": (17, 0), "portrait_strength": 1.0,
+        "start_percent": 0.0, "end_percent": 1.0, "positive": (4, 0), "negative": (5, 0), "vae": (9, 0),
+        "start_image": (7, 0), "width": (24, 0), "height": (24, 1), "seed": 42, "steps": 30, "cfg": 1.0,
+        "portrait_cfg": 4.0, "sampler_name": "euler", "scheduler": "simple", "chunk_length": 81, "overlap": 9,
+        "colour_match": "portrait", "fps": (17, 2), "clip_vision_output": (8, 0), "audio": (13, 4)})
+    return sorted(base + LOADERS + motion + [encode(17, (15, 0), -1), long_node], key=lambda n: n[0])
+
+
 def to_api(graph):
     out = {}
     for node_id, ctype, title, values in graph:
@@ -360,6 +284,7 @@ WORKFLOWS = {
     "fantasyportrait_two_from_one_video": two_from_one_video,
     "fantasyportrait_people_from_videos": people_from_videos,
     "fantasyportrait_custom_sampling": custom_sampling,
+    "fantasyportrait_long": long_video,
 }
 
 

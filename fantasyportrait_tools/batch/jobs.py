@@ -20,11 +20,16 @@ from ..workflow import apply_overrides, load_workflow, nodes_of_class
 
 #: named columns -> (value type, [(node class, input)] the value goes to; the first class present wins)
 NAMED = {
-    "seed": (int, [("FantasyPortraitSampler", "seed"), ("KSampler", "seed"), ("RandomNoise", "noise_seed")]),
-    "steps": (int, [("FantasyPortraitSampler", "steps"), ("KSampler", "steps"), ("BasicScheduler", "steps")]),
-    "cfg": (float, [("FantasyPortraitSampler", "cfg"), ("FantasyPortraitGuider", "cfg"), ("KSampler", "cfg")]),
-    "portrait_cfg": (float, [("FantasyPortraitSampler", "portrait_cfg"), ("FantasyPortraitGuider", "portrait_cfg")]),
-    "strength": (float, [("FantasyPortraitSampler", "portrait_strength"), ("FantasyPortraitApply", "portrait_strength")]),
+    "seed": (int, [("FantasyPortraitSampler", "seed"), ("FantasyPortraitLongVideo", "seed"), ("KSampler", "seed"),
+                   ("RandomNoise", "noise_seed")]),
+    "steps": (int, [("FantasyPortraitSampler", "steps"), ("FantasyPortraitLongVideo", "steps"), ("KSampler", "steps"),
+                    ("BasicScheduler", "steps")]),
+    "cfg": (float, [("FantasyPortraitSampler", "cfg"), ("FantasyPortraitLongVideo", "cfg"),
+                    ("FantasyPortraitGuider", "cfg"), ("KSampler", "cfg")]),
+    "portrait_cfg": (float, [("FantasyPortraitSampler", "portrait_cfg"), ("FantasyPortraitLongVideo", "portrait_cfg"),
+                             ("FantasyPortraitGuider", "portrait_cfg")]),
+    "strength": (float, [("FantasyPortraitSampler", "portrait_strength"),
+                         ("FantasyPortraitLongVideo", "portrait_strength"), ("FantasyPortraitApply", "portrait_strength")]),
     "mapping": (str, [("FantasyPortraitMultiCombine", "mapping")]),
 }
 COLUMNS = {"image", "video", "videos", "workflow", "output", "prompt", "size", "set", *NAMED} | {
@@ -188,7 +193,7 @@ def _row_job(line: int, row: dict, base: str, workflows: dict) -> tuple[Job | No
         if size in RESOLUTIONS and sizers:
             changes.append([sizers[0], "resolution", size])
         elif match and all(int(side) and int(side) % MULTIPLE == 0 for side in match.groups()):
-            for nid in nodes_of_class(wf, "WanImageToVideo", "FantasyPortraitMultiCombine"):
+            for nid in nodes_of_class(wf, "WanImageToVideo", "FantasyPortraitMultiCombine", "FantasyPortraitLongVideo"):
                 changes += [[nid, "width", int(match[1])], [nid, "height", int(match[2])]]
         else:
             errors.append(f"size {row['size']!r} must be 480p, 720p or WIDTHxHEIGHT in multiples of 16")
