@@ -59,8 +59,8 @@ def test_server_lists_every_node(tmp_path):
             assert any(node_ids(wf, name) for wf in SHIPPED), f"{name} is in no shipped workflow"
             assert node["python_module"] == "custom_nodes.ComfyUI-FantasyPortrait"
             inputs = [inp for section in ("required", "optional") for inp in node["input"].get(section, {})]
-            for section in node["input"].values():
-                for inp, spec in section.items():
+            for section in ("required", "optional"):  # (hidden inputs, such as a node's own id, have no socket)
+                for inp, spec in node["input"].get(section, {}).items():
                     assert len(spec) > 1 and spec[1].get("tooltip"), f"{name}.{inp} has no tooltip"
             assert all(node["output_tooltips"]), f"{name} has an output without a tooltip"
             # the node docs panel (frontend 1.27) asks for /extensions/<pack folder>/docs/<id>/<locale>.md, then
@@ -269,7 +269,7 @@ def test_cancel_leaves_the_server_healthy(server):
 
 
 def test_a_long_run_resumes_after_its_server_is_killed(server, tmp_path):
-    """The shipped long workflow on 33 frames (8 chunks of 9, overlap 5) on a server of its own, killed once two
+    """The shipped long workflow on 33 frames (7 chunks of 9, overlap 5) on a server of its own, killed once two
     chunks are finished; the same run on a new server resumes at the first unfinished chunk (the log says which)
     and samples only the chunks left, and the video has every frame."""
     import time
@@ -293,7 +293,7 @@ def test_a_long_run_resumes_after_its_server_is_killed(server, tmp_path):
     (run_dir,) = glob.glob(str(root / "*" / "chunk_0000.mp4"))
     kept = {f: os.path.getmtime(f) for f in glob.glob(os.path.join(os.path.dirname(run_dir), "chunk_*"))}
     finished = len([f for f in kept if f.endswith(".json")])
-    assert 2 <= finished < 8
+    assert 2 <= finished < 7
     second = ComfyServer(base, tmp_path / "resumed.log")
     try:
         out = tmp_path / "long.mp4"
@@ -302,9 +302,9 @@ def test_a_long_run_resumes_after_its_server_is_killed(server, tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:] + log[-3000:]
     finally:
         second.stop()
-    assert f"resuming at chunk {finished + 1} of 8 (chunks 1-{finished} were finished before)" in log
+    assert f"resuming at chunk {finished + 1} of 7 (chunks 1-{finished} were finished before)" in log, log[-3000:]
     sampled = [int(line.split("chunk ")[1].split(" of")[0]) for line in log.splitlines()
                if "FantasyPortrait long video: chunk " in line]
-    assert sampled == list(range(finished + 1, 9))  # nothing finished is sampled again
+    assert sampled == list(range(finished + 1, 8))  # nothing finished is sampled again
     check_video(out, (64, 64), 33, 15.0, True)
     assert not any(os.path.exists(f) for f in kept)  # the chunk files are gone once the video is joined
