@@ -233,7 +233,9 @@ def test_memory_stays_flat_across_chunks(H, L, monkeypatch):
     big = torch.nn.functional.interpolate(L.portrait.movedim(-1, 1), size=(256, 256)).movedim(1, -1)
     _, count = long_video(H, L, embeds=embeds, chunk=33, overlap=9, width=256, height=256, portrait=big, audio=False)
     assert count == 201 and len(rss) == 8
-    assert max(rss[1:]) - rss[0] < 26.0 * 0.5, rss  # less than half of what one more chunk's frames would hold
+    # single readings move by +-30 MB (the allocator returns memory late); holding every chunk's frames would put the
+    # last three readings 130 MB or more above the first two
+    assert min(rss[-3:]) - max(rss[:2]) < 26.0 * 0.5, rss
 
 
 def test_bad_long_settings_are_refused_with_what_to_change(H, L):
