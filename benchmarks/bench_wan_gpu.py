@@ -28,6 +28,7 @@ def main():
     ap.add_argument("--tiny", action="store_true", help="a tiny model on any device (smoke test)")
     args = ap.parse_args()
     sys.path.insert(0, os.path.join(ROOT, "tests"))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from comfy_inproc import NodeCall, import_host
 
     import torch
@@ -36,10 +37,7 @@ def main():
         sys.exit("no CUDA device: this benchmark measures GPU time and memory (use --tiny for a smoke test)")
     import_host(os.environ.get("COMFYUI_DIR"), ROOT, ["--cpu"] if args.tiny and not torch.cuda.is_available() else [])
     import comfy.model_management as mm
-    import comfy.ops
-    import comfy.sd
     import nodes
-    from comfy.ldm.wan.model import WanModel
 
     from checkpoint_factory import adapter_state_dict, flatten
     from fantasyportrait_pack.fantasyportrait_core import adapter_from_state_dict
@@ -53,27 +51,12 @@ def main():
     sampler = NodeCall(FantasyPortraitSampler)  # the node, called as ComfyUI's executor calls it
 
     torch.set_grad_enabled(False)
-    if args.tiny:
-        cfg_model = dict(dim=256, ffn_dim=512, num_heads=2, num_layers=2)
-        t_lat, h, w, text = 3, 8, 10, 12
-    else:
-        cfg_model = dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
-        t_lat, h, w, text = 21, 60, 104, 512
-    with torch.device("meta"):
-        shapes = WanModel(model_type="i2v", in_dim=36, out_dim=16, operations=comfy.ops.disable_weight_init,
-                          **cfg_model).state_dict()
+    from wan_models import FULL, TINY, random_wan
+
+    cfg_model = TINY if args.tiny else FULL
+    t_lat, h, w, text = (3, 8, 10, 12) if args.tiny else (21, 60, 104, 512)
+    model = random_wan(cfg_model)
     g = torch.Generator().manual_seed(0)
-    sd = {}
-    for k, v in shapes.items():  # fan-in scaled random weights, bf16 (norm weights near 1)
-        fan_in = max(int(torch.tensor(v.shape[1:]).prod()) if v.ndim > 1 else v.shape[-1], 1)
-        t = torch.empty(v.shape, dtype=torch.bfloat16)
-        if "norm" in k and k.endswith("weight"):
-            t.fill_(1.0)
-        else:
-            t.normal_(0, fan_in ** -0.5 if not k.endswith("bias") else 0.02, generator=g)
-        sd[k] = t
-    model = comfy.sd.load_diffusion_model_state_dict(sd)
-    del sd
 
     class ClipOut:
         penultimate_hidden_states = torch.randn(1, 257, 1280, generator=g)

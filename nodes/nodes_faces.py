@@ -7,13 +7,15 @@ from comfy_api.latest import InputImpl, io
 from ..fantasyportrait_core.errors import FantasyPortraitError, require_finite
 from ..fantasyportrait_core.faces.tracking import keep_persons, track_faces
 from ..fantasyportrait_core.motion.extraction import (ExpressionFeatures, TrackedFaces, check_driving_frames,
-                                                      crops_and_preview, encode_crops, frames_to_uint8)
+                                                      crops_and_preview, encode_crops, frames_to_uint8,
+                                                      preview_indices)
 from ..fantasyportrait_core.tokens.windows import check_clip_length
 from .common import (DEFAULT_FPS, PREVIEW_SIDE, FaceModelsIO, FeaturesIO, Progress, TracksIO, check_length_widget,
                      log, node_schema, output, to_image)
 
 
 LENGTH_MAX = 100_001  # frames of a driving window (4k+1): over an hour at 25 fps
+PREVIEW_FRAMES = 121  # the IMAGE previews of a longer clip show this many frames, spread over it
 
 
 def _video_source(video):
@@ -87,8 +89,11 @@ class FantasyPortraitFaceTracker(io.ComfyNode):
                            "multi-person code uses 25. 0 keeps the clip's rate. Needs the video input."),
         ], outputs=[
             output(TracksIO, "tracks", "Face tracks and aligned faces, for the Expression Extractor."),
-            output(io.Image, "aligned_faces", "The 224x224 faces the motion encoder sees, person by person."),
-            output(io.Image, "preview", "The used frames (long side 512) with boxes, ids and landmarks."),
+            output(io.Image, "aligned_faces", "The 224x224 faces the motion encoder sees, person by person (of a "
+                                              f"clip longer than {PREVIEW_FRAMES} frames, {PREVIEW_FRAMES} frames spread "
+                                              "over it)."),
+            output(io.Image, "preview", "The used frames (long side 512) with boxes, ids and landmarks (of a clip "
+                                        f"longer than {PREVIEW_FRAMES} frames, {PREVIEW_FRAMES} frames spread over it)."),
             output(io.Float, "fps", "Frame rate of the used frames (from the video, after any retiming; 25 for "
                                     "images)."),
             output(io.Audio, "audio", "The driving video's audio from the first used frame on (none for images): "
@@ -147,8 +152,12 @@ class FantasyPortraitFaceTracker(io.ComfyNode):
             log.warning("FantasyPortrait: %s", note)
         # the aligned faces are all the next node needs: keep them (224x224 per face), not the full frames
         crops, preview = crops_and_preview(frames, tracks, max_side=PREVIEW_SIDE,  # one pass over the clip
-                                           progress=lambda d, t: bar(2 * n + d, 3 * n))
-        return io.NodeOutput(TrackedFaces(tracks, crops, rate), to_image(crops.reshape(-1, 224, 224, 3)),
+                                           progress=lambda d, t: bar(2 * n + d, 3 * n), preview_frames=PREVIEW_FRAMES)
+        shown = preview_indices(n, PREVIEW_FRAMES)
+        if len(shown) < n:
+            log.info("FantasyPortrait: the tracker's previews show %d of the %d frames, spread over the clip",
+                     len(shown), n)
+        return io.NodeOutput(TrackedFaces(tracks, crops, rate), to_image(crops[:, shown].reshape(-1, 224, 224, 3)),
                              to_image(preview), rate, audio)
 
 

@@ -252,3 +252,7 @@ def test_crops_and_preview_in_one_pass_equal_the_separate_ones(models_dir):
     assert Counted.passes == 1  # the clip is decoded once for both
     assert np.array_equal(crops, aligned_crops(clip, tracks))
     assert np.array_equal(preview, preview_frames(clip, tracks, max_side=512)) and preview.shape == (5, 288, 512, 3)
+    # a long clip's preview: at most preview_frames frames, spread from the first to the last, drawn as before
+    few_crops, few = crops_and_preview(clip, tracks, max_side=512, preview_frames=3)
+    assert np.array_equal(few_crops, crops) and few.shape == (3, 288, 512, 3)
+    assert np.array_equal(few, preview[[0, 2, 4]])

@@ -200,22 +200,34 @@ def iter_preview(frames, tracks: FaceTracks, landmarks: bool = True, max_side: i
         yield _draw(np.asarray(frame), f, tracks, landmarks, max_side)
 
 
+def preview_indices(num_frames: int, most: int | None) -> np.ndarray:
+    """The frames a preview shows: all of them, or ``most`` spread evenly from the first to the last."""
+    if not most or num_frames <= most:
+        return np.arange(num_frames)
+    return np.unique(np.round(np.linspace(0, num_frames - 1, most)).astype(np.int64))
+
+
 def crops_and_preview(frames, tracks: FaceTracks, max_side: int | None = None, crops: bool = True,
-                      landmarks: bool = True, progress: ProgressFn | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+                      landmarks: bool = True, progress: ProgressFn | None = None,
+                      preview_frames: int | None = None) -> tuple[np.ndarray | None, np.ndarray]:
     """The aligned faces (as :func:`aligned_crops`) and the preview (as :func:`iter_preview` draws it, with
     ``max_side`` shrunk frame by frame, never a full-size copy of the clip) in one
     pass over ``frames``, so a lazily decoded clip is decoded once for both; ``progress(done, total)``
-    after each frame."""
+    after each frame. ``preview_frames``: the preview shows at most this many frames, spread over the clip
+    (:func:`preview_indices`), so a long clip's preview stays small."""
     faces = np.zeros((tracks.num_persons, tracks.num_frames, CROP_SIZE, CROP_SIZE, 3), np.uint8) if crops else None
+    shown = preview_indices(len(frames), preview_frames)
+    slot = {int(f): i for i, f in enumerate(shown)}
     preview = None
     for f, frame in enumerate(frames_to_uint8(frames)):
         frame = np.asarray(frame)
         if crops:
             _align_into(faces, f, frame, tracks)
-        img = _draw(frame, f, tracks, landmarks, max_side)
-        if preview is None:
-            preview = np.empty((len(frames),) + img.shape, np.uint8)
-        preview[f] = img
+        if f in slot:
+            img = _draw(frame, f, tracks, landmarks, max_side)
+            if preview is None:
+                preview = np.empty((len(shown),) + img.shape, np.uint8)
+            preview[slot[f]] = img
         if progress is not None:
             progress(f + 1, len(frames))
     return faces, preview

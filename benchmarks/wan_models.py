@@ -1,0 +1,50 @@
+"""Random Wan 2.1 I2V models for the GPU benchmarks, built in-process in a real ComfyUI (no files)."""
+
+import torch
+
+FULL = dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)  # Wan 2.1 I2V 14B
+TINY = dict(dim=256, ffn_dim=512, num_heads=2, num_layers=2)
+
+
+def random_wan(shape: dict, seed: int = 0, dtype=torch.bfloat16):
+    """A native Wan 2.1 I2V ModelPatcher of ``shape`` (FULL or TINY) with fan-in scaled random weights (norm
+    weights 1), through ComfyUI's own loader."""
+    import comfy.ops
+    import comfy.sd
+    from comfy.ldm.wan.model import WanModel
+
+    with torch.device("meta"):
+        shapes = WanModel(model_type="i2v", in_dim=36, out_dim=16, operations=comfy.ops.disable_weight_init,
+                          **shape).state_dict()
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for k, v in shapes.items():
+        fan_in = max(int(torch.tensor(v.shape[1:]).prod()) if v.ndim > 1 else v.shape[-1], 1)
+        t = torch.empty(v.shape, dtype=dtype)
+        if "norm" in k and k.endswith("weight"):
+            t.fill_(1.0)
+        else:
+            t.normal_(0, fan_in ** -0.5 if not k.endswith("bias") else 0.02, generator=g)
+        sd[k] = t
+    return comfy.sd.load_diffusion_model_state_dict(sd)
+
+
+def random_wan_vae(seed: int = 0):
+    """A random full-size Wan 2.1 VAE (its dims are fixed), as ComfyUI's VAE object."""
+    import comfy.sd
+    from comfy.ldm.wan.vae import WanVAE
+
+    with torch.device("meta"):
+        shapes = WanVAE(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                        temperal_downsample=[False, True, True]).state_dict()
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for k, v in shapes.items():
+        fan_in = max(int(torch.tensor(v.shape[1:]).prod()) if v.ndim > 1 else v.shape[-1], 1)
+        if ("norm" in k and k.endswith("weight")) or k.endswith("gamma"):
+            sd[k] = 1 + 0.1 * torch.randn(v.shape, generator=g)
+        elif k.endswith("bias"):
+            sd[k] = 0.02 * torch.randn(v.shape, generator=g)
+        else:
+            sd[k] = torch.randn(v.shape, generator=g) / fan_in ** 0.5
+    return comfy.sd.VAE(sd={k: v.to(torch.bfloat16) for k, v in sd.items()})
