@@ -86,7 +86,7 @@ class Recorder:
 
         from fantasyportrait_pack.fantasyportrait_core.longvideo import store
 
-        self.frames, self.starts, self.windows, self.saved, self.fail_at = [], [], [], [], fail_at
+        self.frames, self.starts, self.windows, self.saved, self.masks, self.fail_at = [], [], [], [], [], fail_at
         save = store.ChunkStore.save
 
         def record_save(store_self, index, new_frames, tail, *args, **kwargs):
@@ -115,6 +115,7 @@ class Recorder:
 
         def record_apply(model, adapter, windows, *args, **kwargs):
             self.windows.append(windows.clone())
+            self.masks.append(args[3] if len(args) > 3 else kwargs.get("mask"))
             return apply(model, adapter, windows, *args, **kwargs)
 
         monkeypatch.setattr(L.run, "_sample_chunk", record_sample)
@@ -177,6 +178,31 @@ def test_the_first_chunk_is_the_one_pass_result_bit_for_bit(H, L, monkeypatch):
     one_pass = nodes.VAEDecode().decode(L.vae, sampled)[0].reshape(-1, 64, 80, 3)
     assert L.torch.equal(first, one_pass)
     assert float(first.std()) > 0.01
+
+
+def test_several_people_keep_their_own_driver_frames_and_mask_in_every_chunk(H, L, monkeypatch):
+    """Two drivers through Multi-Portrait Combine's core: each chunk's windows are both persons' windows of the
+    chunk's frames side by side, with the mask of the regions (the same in every chunk)."""
+    import numpy as np
+
+    from fantasyportrait_pack.fantasyportrait_core.branch.multi import combine
+    from fantasyportrait_pack.fantasyportrait_core.tokens.encoding import encode_features
+
+    torch = L.torch
+    other = torch.randn(1, 21, 554, generator=torch.Generator().manual_seed(8))
+    drivers = [L.expression, encode_features(H.adapter.encoder, other)]
+    boxes = [np.tile([10.0, 10.0, 30.0, 30.0], (21, 1))] * 2
+    out = combine(drivers, boxes, np.array([[4.0, 8.0, 36.0, 56.0], [44.0, 8.0, 76.0, 56.0]]), 80, 64)
+    embeds = L.PortraitEmbeds(out.expression, fps=FPS, mask=out.mask, query_scale=out.query_scale, size=(80, 64))
+    rec = Recorder(L, monkeypatch)
+    _, count = long_video(H, L, embeds=embeds, audio=False)
+    assert count == 21 and len(rec.windows) == 4
+    for (chunk, _), windows, mask in zip(rec.frames, rec.windows, rec.masks):
+        for person, features in enumerate((L.features, other)):
+            alone = encode_features(H.adapter.encoder, features[:, chunk.start:chunk.end]).windows
+            assert float((windows[:, :, 97 * person:97 * (person + 1)] - alone).abs().max()) < 1e-5
+        assert mask.shape == (3, 20, 194) and torch.equal(mask, out.mask[:3])
+        assert mask[0].any(dim=1).all() and not mask[0].all()  # every token sees someone, not everyone
 
 
 def test_a_stopped_run_resumes_at_the_first_unfinished_chunk(H, L, monkeypatch):
