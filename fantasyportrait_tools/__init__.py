@@ -25,7 +25,8 @@ def is_pack(folder: str) -> bool:
 #: the shipped workflows by their short names (``run --workflow single``, a jobs file's ``workflow`` column)
 SHIPPED = {"single": "fantasyportrait_single", "two_from_one_video": "fantasyportrait_two_from_one_video",
            "people_from_videos": "fantasyportrait_people_from_videos",
-           "custom_sampling": "fantasyportrait_custom_sampling", "long": "fantasyportrait_long"}
+           "custom_sampling": "fantasyportrait_custom_sampling", "long": "fantasyportrait_long",
+           "long_people_from_videos": "fantasyportrait_long_people_from_videos"}
 
 
 def shipped_workflow(name: str) -> str:

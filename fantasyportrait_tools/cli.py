@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     _private_server_options(run)
     run.add_argument("--workflow", required=True, metavar="W_api.json",
                      help="API-format workflow file, or a shipped one by name: single, two_from_one_video, "
-                          "people_from_videos, custom_sampling, long")
+                          "people_from_videos, custom_sampling, long, long_people_from_videos")
     run.add_argument("--image", metavar="IMG", help="portrait image for the workflow's LoadImage node")
     run.add_argument("--video", action="append", default=[], metavar="VID",
                      help="driving video; repeat for workflows with several LoadVideo nodes")

@@ -90,9 +90,12 @@ def _structure(value, depth: int = 0):
 
 
 def model_fingerprint(model) -> list:
-    """What identifies a MODEL cheaply: a sample of every weight (name, shape, dtype, the first values), its weight
-    patches (LoRAs), its noise schedule (ModelSamplingSD3's shift) and the layout of its other patches."""
-    weights = [[name, *_tensor_sample(t)] for name, t in model.model.state_dict().items()]
+    """What identifies a MODEL cheaply: a sample of every weight (name, shape, dtype, the first values; unpatched,
+    so a model still loaded with its LoRAs applied from the last run gives the same), its weight patches (LoRAs),
+    its noise schedule (ModelSamplingSD3's shift) and the layout of its other patches."""
+    backup = getattr(model, "backup", None) or {}  # weights a loaded model holds patched (LoRAs): the originals
+    weights = [[name, *_tensor_sample(getattr(backup.get(name), "weight", t))]
+               for name, t in model.model.state_dict().items()]
     patches = {str(k): _sampled(v) for k, v in getattr(model, "patches", {}).items()}
     sampling = model.get_model_object("model_sampling")
     return [type(model.model).__name__, weights, patches, getattr(sampling, "sigmas", None),

@@ -276,3 +276,32 @@ def test_bad_long_settings_are_refused_with_what_to_change(H, L):
     short = L.PortraitEmbeds(L.expression.frames(0, 9), fps=FPS)
     assert "fewer than one chunk (17): lower chunk_length to 9" in error_of(lambda: long_video(H, L, embeds=short,
                                                                                                 chunk=17))
+
+
+def test_the_run_key_sees_a_lora_but_not_whether_it_is_applied_yet(H, L):
+    """A model still loaded with its LoRA applied (after a cancelled run) keys the same chunks as before it was
+    loaded; the LoRA itself, or another shift, makes another run."""
+    import comfy.model_sampling  # noqa: F401 (ModelSamplingSD3 below)
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+
+    from fantasyportrait_pack.fantasyportrait_core.longvideo.store import RunKey
+
+    torch = L.torch
+
+    def key(model):
+        return RunKey().add(L.run.model_fingerprint(model)).hexdigest()
+
+    weight = "diffusion_model.blocks.0.self_attn.q.weight"
+    lora = H.model.clone()
+    lora.add_patches({weight: (torch.full_like(H.model.model.state_dict()[weight], 0.01),)}, 1.0)
+    before = key(lora)
+    import comfy.model_management
+
+    comfy.model_management.load_models_gpu([lora])  # as sampling loads it: the weight now holds the LoRA
+    try:
+        assert not torch.equal(lora.model.state_dict()[weight], lora.backup[weight].weight)
+        assert key(lora) == before
+    finally:
+        comfy.model_management.unload_all_models()
+    shifted = ModelSamplingSD3().patch(H.model, 5.0)[0]
+    assert len({key(H.model), before, key(shifted)}) == 3

@@ -95,18 +95,19 @@ def server(tmp_path_factory, tiny_models_base):
 
 
 SHIPPED = ("fantasyportrait_single", "fantasyportrait_two_from_one_video", "fantasyportrait_people_from_videos",
-           "fantasyportrait_custom_sampling", "fantasyportrait_long")
+           "fantasyportrait_custom_sampling", "fantasyportrait_long", "fantasyportrait_long_people_from_videos")
 LONG = "fantasyportrait_long"
 
 
-def shipped(name="fantasyportrait_single", size=(64, 64), length=9, sets=()):
+def shipped(name="fantasyportrait_single", size=(64, 64), length=9, sets=(), chunks=(9, 5)):
     """A shipped API workflow as it is, and the ``--set`` options that point it at the tiny test models:
     file names, a small size instead of Output Size's 480p, a short frame window and 2 steps; ``sets`` adds
-    (node class, input, value) items (each class once in the workflow)."""
+    (node class, input, value) items (each class once in the workflow); ``chunks``: a long graph's chunk length and
+    overlap."""
     steps = next(c for c in ("FantasyPortraitSampler", "FantasyPortraitLongVideo", "BasicScheduler") if node_ids(name, c))
     items = tiny_sets(name, length) + [f"{steps}.steps=2"]
-    if steps == "FantasyPortraitLongVideo":  # chunks of 9 frames, each after the first from the last 5 of the one before
-        items += ["FantasyPortraitLongVideo.chunk_length=9", "FantasyPortraitLongVideo.overlap=5"]
+    if steps == "FantasyPortraitLongVideo":  # short chunks, each after the first from the last frames of the one before
+        items += [f"FantasyPortraitLongVideo.chunk_length={chunks[0]}", f"FantasyPortraitLongVideo.overlap={chunks[1]}"]
     for cls in ("WanImageToVideo", "FantasyPortraitMultiCombine", "FantasyPortraitLongVideo"):
         for node_id in node_ids(name, cls):
             items += [f"{node_id}.width={size[0]}", f"{node_id}.height={size[1]}"]
@@ -151,6 +152,10 @@ def shipped_case(server, name):
         return dict(image=None, videos=None), ((64, 64), 9, 15.0, True)
     if name == LONG:  # 21 frames of jgz.mp4 in 4 chunks of 9 (overlap 5)
         return dict(image=None, videos=None, length=21), ((64, 64), 21, 15.0, True)
+    if name == "fantasyportrait_long_people_from_videos":  # 9 frames of each driver in 2 chunks of 5 (overlap 1)
+        clip = two_person_clip(server["tmp"])
+        return (dict(image=media_path("two_person.png"), videos=[clip, media_path("jgz.mp4")], chunks=(5, 1)),
+                ((96, 64), 9, 25.0, False))
     clip = two_person_clip(server["tmp"])  # 23 fps, no audio; the multi-person graphs retime to 25 fps (released)
     videos = [clip] if name == "fantasyportrait_two_from_one_video" else [clip, media_path("jgz.mp4")]
     return dict(image=media_path("two_person.png"), videos=videos), ((96, 64), 9, 25.0, False)
@@ -160,7 +165,8 @@ def shipped_case(server, name):
 def test_shipped_workflows_run_against_a_server(server, name):
     inputs, expect = shipped_case(server, name)
     out = server["tmp"] / f"{name}.mp4"
-    proc = run_cli(server, shipped(name, size=expect[0], length=inputs.pop("length", 9)), out, **inputs)
+    workflow = shipped(name, size=expect[0], length=inputs.pop("length", 9), chunks=inputs.pop("chunks", (9, 5)))
+    proc = run_cli(server, workflow, out, **inputs)
     assert proc.returncode == 0, proc.stderr[-3000:] + server["log"].read_text()[-3000:]
     assert "now takes this value instead of node 24's output 0" in proc.stderr  # the size override is said
     check_video(out, *expect)

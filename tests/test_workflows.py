@@ -120,6 +120,30 @@ def test_multi_workflows_take_the_fps_of_the_motion():
         assert trackers and all(t["fps"] == 25.0 and t["length"] == 81 for t in trackers), name  # released
 
 
+@pytest.mark.parametrize("name, embeds, fps_slot", [("fantasyportrait_long", "FantasyPortraitEncode", 2),
+                                                     ("fantasyportrait_long_people_from_videos",
+                                                      "FantasyPortraitMultiCombine", 3)])
+def test_long_workflows_animate_the_whole_clip(name, embeds, fps_slot):
+    """The long twins: every tracker on the whole clip, Long Video (released sampling settings, chunks of 81 with an
+    overlap of 9) fed like the one-pass Sampler, straight into Save Video with the first clip's audio."""
+    with open(os.path.join(WF, "api", f"{name}_api.json")) as fh:
+        wf = json.load(fh)
+    ids = {}
+    for k, n in wf.items():
+        ids.setdefault(n["class_type"], []).append(k)
+    assert not {"WanImageToVideo", "FantasyPortraitSampler", "VAEDecode", "CreateVideo"} & set(ids)
+    assert all(wf[t]["inputs"]["length"] == 0 for t in ids["FantasyPortraitFaceTracker"])
+    (long_id,) = ids["FantasyPortraitLongVideo"]
+    long = wf[long_id]["inputs"]
+    assert {k: long[k] for k in ("steps", "cfg", "portrait_cfg", "chunk_length", "overlap", "colour_match")} == {
+        "steps": 30, "cfg": 1.0, "portrait_cfg": 4.0, "chunk_length": 81, "overlap": 9, "colour_match": "portrait"}
+    source = ids[embeds][-1] if embeds == "FantasyPortraitMultiCombine" else ids[embeds][0]
+    assert long["portrait_embeds"] == [source, 0] and long["fps"] == [source, fps_slot]
+    assert long["audio"] == [sorted(ids["FantasyPortraitFaceTracker"], key=int)[0], 4]
+    assert long["start_image"] == [ids["LoadImage"][0], 0] and long["model"] == [ids["ModelSamplingSD3"][0], 0]
+    assert wf[ids["SaveVideo"][0]]["inputs"]["video"] == [long_id, 0]
+
+
 def test_sizes_come_from_the_portrait_in_every_workflow():
     for path in API_FILES:
         name = os.path.basename(path)
@@ -132,7 +156,7 @@ def test_sizes_come_from_the_portrait_in_every_workflow():
         # the portrait's face is checked before sampling
         assert wf[size[0]]["inputs"] == {"image": [image, 0], "resolution": "480p", "face_models": [loader, 0]}
         for node in wf.values():
-            if node["class_type"] in ("WanImageToVideo", "FantasyPortraitMultiCombine"):
+            if node["class_type"] in ("WanImageToVideo", "FantasyPortraitMultiCombine", "FantasyPortraitLongVideo"):
                 assert (node["inputs"]["width"], node["inputs"]["height"]) == ([size[0], 0], [size[0], 1]), name
 
 

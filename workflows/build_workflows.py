@@ -160,21 +160,27 @@ def people_from_videos():
                   + combine_node([(17, 0), (23, 0)]), key=lambda n: n[0])
 
 
-def long_video():
-    """One portrait animated for the whole driving clip, however long: FantasyPortrait Long Video samples it in
-    chunks of 81 frames (each starting from the last 9 of the one before) and writes the video as it goes."""
-    base = [n for n in common((17, 0), (17, 1), (17, 2), (13, 4))
-            if n[1] not in ("WanImageToVideo", "FantasyPortraitSampler", "VAEDecode", "CreateVideo")]
-    base = [(i, c, t, {**v, "video": (60, 0)} if c == "SaveVideo" else v) for i, c, t, v in base]
-    motion = [(i, c, t, {**v, "length": 0} if c == "FantasyPortraitFaceTracker" else v)  # the whole clip
-              for i, c, t, v in driver(10, 13, 15, 0, 0.0)]
-    long_node = (60, "FantasyPortraitLongVideo", "Long video: every frame of the driving clip, chunk by chunk", {
-        "model": (2, 0), "adapter": (16, 0), "portrait_embeds": (17, 0), "portrait_strength": 1.0,
-        "start_percent": 0.0, "end_percent": 1.0, "positive": (4, 0), "negative": (5, 0), "vae": (9, 0),
-        "start_image": (7, 0), "width": (24, 0), "height": (24, 1), "seed": 42, "steps": 30, "cfg": 1.0,
-        "portrait_cfg": 4.0, "sampler_name": "euler", "scheduler": "simple", "chunk_length": 81, "overlap": 9,
-        "colour_match": "portrait", "fps": (17, 2), "clip_vision_output": (8, 0), "audio": (13, 4)})
-    return sorted(base + LOADERS + motion + [encode(17, (15, 0), -1), long_node], key=lambda n: n[0])
+def long_of(graph):
+    """The long-video twin of a one-pass graph: every Face Tracker on the whole clip, and FantasyPortrait Long Video
+    (chunks of 81 frames, each after the first from the last 9 of the one before) in place of WanImageToVideo,
+    the Sampler, VAE Decode and Create Video, writing the video for Save Video as it goes."""
+    sampler, video, i2v = (next(v for _, c, _, v in graph if c == cls)
+                           for cls in ("FantasyPortraitSampler", "CreateVideo", "WanImageToVideo"))
+    out = []
+    for i, c, t, v in graph:
+        if c in ("WanImageToVideo", "FantasyPortraitSampler", "VAEDecode", "CreateVideo"):
+            continue
+        if c == "FantasyPortraitFaceTracker":
+            v = {**v, "length": 0}  # the whole clip
+        out.append((i, c, t, {**v, "video": (60, 0)} if c == "SaveVideo" else v))
+    out.append((60, "FantasyPortraitLongVideo", "Long video: every frame of the driving clip, chunk by chunk", {
+        "model": sampler["model"], "adapter": sampler["adapter"], "portrait_embeds": sampler["portrait_embeds"],
+        "portrait_strength": 1.0, "start_percent": 0.0, "end_percent": 1.0, "positive": i2v["positive"],
+        "negative": i2v["negative"], "vae": i2v["vae"], "start_image": i2v["start_image"], "width": i2v["width"],
+        "height": i2v["height"], "seed": 42, "steps": 30, "cfg": 1.0, "portrait_cfg": 4.0, "sampler_name": "euler",
+        "scheduler": "simple", "chunk_length": 81, "overlap": 9, "colour_match": "portrait", "fps": video["fps"],
+        "clip_vision_output": i2v["clip_vision_output"], "audio": video["audio"]}))
+    return sorted(out, key=lambda n: n[0])
 
 
 def to_api(graph):
@@ -284,7 +290,8 @@ WORKFLOWS = {
     "fantasyportrait_two_from_one_video": two_from_one_video,
     "fantasyportrait_people_from_videos": people_from_videos,
     "fantasyportrait_custom_sampling": custom_sampling,
-    "fantasyportrait_long": long_video,
+    "fantasyportrait_long": lambda: long_of(single_portrait()),
+    "fantasyportrait_long_people_from_videos": lambda: long_of(people_from_videos()),
 }
 
 
