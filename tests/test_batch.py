@@ -293,3 +293,17 @@ def test_jobs_file_formats_and_defaults(media):
     assert (changes[("18", "width")], changes[("18", "height")], changes[("19", "cfg")]) == (832, 480, 2.5)
     assert second.seed == 42  # the workflow's own seed is recorded when the row gives none
     assert first.key != second.key and len({j.output for j in jobs}) == 2
+
+
+def test_a_long_video_job_sets_the_long_node(media):
+    """`workflow` long: the named columns and a WIDTHxHEIGHT size reach FantasyPortrait Long Video (node 60)."""
+    jobs, _ = load_jobs(write_jobs(media / "jobs.csv", [{"image": "a.png", "video": "clip1.mp4", "workflow": "long",
+                                                         "seed": 9, "steps": 8, "cfg": 1.5, "portrait_cfg": 3,
+                                                         "strength": 0.8, "size": "640x352"}]))
+    (job,) = jobs
+    assert os.path.basename(job.workflow) == "fantasyportrait_long_api.json"
+    changes = {(n, k): v for n, k, v in job.changes}
+    assert {k: changes[("60", k)] for k in ("seed", "steps", "cfg", "portrait_cfg", "portrait_strength", "width",
+                                            "height")} == {"seed": 9, "steps": 8, "cfg": 1.5, "portrait_cfg": 3.0,
+                                                           "portrait_strength": 0.8, "width": 640, "height": 352}
+    assert job.seed == 9
