@@ -26,7 +26,7 @@ def is_pack(folder: str) -> bool:
 SHIPPED = {"single": "fantasyportrait_single", "two_from_one_video": "fantasyportrait_two_from_one_video",
            "people_from_videos": "fantasyportrait_people_from_videos",
            "custom_sampling": "fantasyportrait_custom_sampling", "long": "fantasyportrait_long",
-           "long_people_from_videos": "fantasyportrait_long_people_from_videos"}
+           "long_people_from_videos": "fantasyportrait_long_people_from_videos", "fast": "fantasyportrait_fast"}
 
 
 def shipped_workflow(name: str) -> str:

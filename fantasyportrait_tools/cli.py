@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     _private_server_options(run)
     run.add_argument("--workflow", required=True, metavar="W_api.json",
                      help="API-format workflow file, or a shipped one by name: single, two_from_one_video, "
-                          "people_from_videos, custom_sampling, long, long_people_from_videos")
+                          "people_from_videos, custom_sampling, long, long_people_from_videos, fast")
     run.add_argument("--image", metavar="IMG", help="portrait image for the workflow's LoadImage node")
     run.add_argument("--video", action="append", default=[], metavar="VID",
                      help="driving video; repeat for workflows with several LoadVideo nodes")
@@ -192,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     setup.add_argument("--variant", choices=["fp8", "bf16"], default="fp8",
                        help="Wan 2.1 I2V 14B weights: fp8_e4m3fn (about 17 GB, default) or bf16 (about 33 GB)")
     setup.add_argument("--resolution", choices=sorted(RESOLUTIONS), default="480p", help="Wan 2.1 I2V model (default 480p)")
+    setup.add_argument("--fast", action="store_true",
+                       help="also download lightx2v's step/cfg-distill LoRA for Wan 2.1 I2V 480p (Kijai/WanVideo_comfy, "
+                            "into loras/) that the fast workflow (4 steps) uses; off by default")
     setup.add_argument("--dry-run", action="store_true",
                        help="list what would be installed and downloaded, where and how large; change nothing "
                             "(works offline, marking sizes it could not look up)")
@@ -202,7 +205,7 @@ def _cmd_setup(args) -> int:
     from .setup import run_setup
 
     return run_setup(args.comfyui, args.comfyui_python, args.variant, args.resolution, args.dry_run,
-                     say=lambda s: print(s, file=sys.stderr))
+                     say=lambda s: print(s, file=sys.stderr), fast=args.fast)
 
 
 def _private_server_options(cmd) -> None:

@@ -27,12 +27,16 @@ from .workflow import load_workflow
 PACK_NAME = "ComfyUI-FantasyPortrait"
 WAN = "Comfy-Org/Wan_2.1_ComfyUI_repackaged"
 FANTASY = "acvlab/FantasyPortrait"
+#: lightx2v's step/cfg-distill LoRA for Wan 2.1 I2V 480p (4 steps, cfg 1), as ComfyUI users get it: the fast workflow
+DISTILL_LORA = ModelFile("Kijai/WanVideo_comfy", "Lightx2v/lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors",
+                         "loras")
 #: ComfyUI folders and the legacy folder names it also reads for them
 ALIASES = {"diffusion_models": ("diffusion_models", "unet"), "text_encoders": ("text_encoders", "clip")}
 
 
-def model_files(variant: str = "fp8", resolution: str = "480p") -> list[ModelFile]:
-    """The files the shipped workflows need (the pack's own list: repository, path, target folder)."""
+def model_files(variant: str = "fp8", resolution: str = "480p", fast: bool = False) -> list[ModelFile]:
+    """The files the shipped workflows need (the pack's own list: repository, path, target folder); ``fast``: also
+    the distill LoRA of the fast workflow."""
     if variant not in ("fp8", "bf16") or resolution not in RESOLUTIONS:
         raise FantasyPortraitError(f"--variant must be fp8 or bf16 and --resolution 480p or 720p; got {variant} and "
                                    f"{resolution}.")
@@ -46,7 +50,7 @@ def model_files(variant: str = "fp8", resolution: str = "480p") -> list[ModelFil
         ModelFile(FANTASY, "pd_fpg.pth", "fantasyportrait"),
         ModelFile(FANTASY, "face_det.onnx", "fantasyportrait"),
         ModelFile(FANTASY, "face_landmark.onnx", "fantasyportrait"),
-    ]
+    ] + ([DISTILL_LORA] if fast else [])
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,7 +94,7 @@ def model_dirs(comfy_dir: str) -> dict[str, list[str]]:
                         path = os.path.join(base, line.strip()) if base else os.path.join(comfy_dir, line.strip())
                         found.setdefault(folder, []).append(os.path.normpath(path))
     out = {}
-    for folder in {f.folder for f in model_files()} | set(found):
+    for folder in {f.folder for f in model_files(fast=True)} | set(found):
         names = ALIASES.get(folder, (folder,))
         paths = [p for n in names for p in found.get(n, [])]
         paths += [os.path.join(comfy_dir, "models", n) for n in names]
@@ -183,10 +187,10 @@ def install_requirements(python: str, pack: str, say: Callable[[str], None], dry
 
 
 def run_setup(comfyui: str | None = None, python: str | None = None, variant: str = "fp8", resolution: str = "480p",
-              dry_run: bool = False, say: Callable[[str], None] = print) -> int:
+              dry_run: bool = False, say: Callable[[str], None] = print, fast: bool = False) -> int:
     comfy_dir = find_comfyui(comfyui)
     say(f"ComfyUI: {comfy_dir}")
-    files = model_files(variant, resolution)
+    files = model_files(variant, resolution, fast)
     dirs = model_dirs(comfy_dir)
     notes = look_up(files, offline_ok=dry_run)
     verified = Verified(os.path.join(comfy_dir, "models", STATE))
@@ -220,7 +224,7 @@ def run_setup(comfyui: str | None = None, python: str | None = None, variant: st
         done_bytes += (step.item.size or 0) - step.partial
     say("all model files are in place")
     unet = files[0].name
-    workflow = os.path.join(pack, "workflows", "api", "fantasyportrait_single_api.json")
+    workflow = os.path.join(pack, "workflows", "api", f"fantasyportrait_{'fast' if fast else 'single'}_api.json")
     shipped = load_workflow(workflow)  # the shipped graph's own model file and resolution
     extra = "" if unet in [n["inputs"].get("unet_name") for n in shipped.values()] else \
         f" --set UNETLoader.unet_name={unet}"

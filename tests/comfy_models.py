@@ -52,6 +52,33 @@ def write_wan_vae(path, seed=0):
     return path
 
 
+LIGHTX2V_LORA = "lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors"  # the name the fast workflow uses
+
+
+def wan_lora(state, rank=4, seed=11, layout="generic"):
+    """A LoRA for every block weight of a Wan state dict (native keys, ``blocks.*``). ``generic``: the key layout
+    ComfyUI loads for Wan (``diffusion_model.<module>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``);
+    ``lightx2v``: the layout of lightx2v's step/cfg-distill LoRAs for Wan 2.1 I2V (the files Kijai/WanVideo_comfy
+    ships as ``Lightx2v/lightx2v_I2V_14B_480p_cfg_step_distill_rank*_bf16.safetensors``, made by LightX2V's
+    extractor): down/up pairs without ``.alpha`` for the 2-D weights, whole-tensor differences for the rest, ``.diff``
+    for weights (norms) and ``.diff_b`` for biases."""
+    g = torch.Generator().manual_seed(seed)
+    lora = {}
+    for name, tensor in state.items():
+        if not name.startswith("blocks.") or name.endswith(".modulation"):
+            continue
+        key = f"diffusion_model.{name.rsplit('.', 1)[0]}"
+        if name.endswith(".weight") and tensor.ndim == 2:
+            lora[f"{key}.lora_down.weight"] = torch.randn(rank, tensor.shape[1], generator=g) * 0.05
+            lora[f"{key}.lora_up.weight"] = torch.randn(tensor.shape[0], rank, generator=g) * 0.05
+            if layout == "generic":
+                lora[f"{key}.alpha"] = torch.tensor(float(rank))
+        elif layout == "lightx2v":
+            suffix = ".diff_b" if name.endswith(".bias") else ".diff"  # biases, and norm weights
+            lora[key + suffix] = torch.randn(tensor.shape, generator=g) * 0.01
+    return lora
+
+
 def main(comfy_dir, base, shared_models, repo):
     sys.argv = [sys.argv[0], "--cpu"]
     sys.path.insert(0, comfy_dir)
@@ -63,13 +90,17 @@ def main(comfy_dir, base, shared_models, repo):
     from motion_weights import motion_state
 
     models = os.path.join(base, "models")
-    for sub in ("diffusion_models", "vae", "fantasyportrait", "text_encoders", "clip_vision"):
+    for sub in ("diffusion_models", "vae", "fantasyportrait", "text_encoders", "clip_vision", "loras"):
         os.makedirs(os.path.join(models, sub), exist_ok=True)
     # stand-ins for umT5-XXL and CLIP-H (comfy_test_nodes makes the stock loaders return small encoders)
     for sub, name in (("text_encoders", "fp_test_umt5.safetensors"), ("clip_vision", "fp_test_clip_h.safetensors")):
         with open(os.path.join(models, sub, name), "wb") as fh:
             fh.write(b"stand-in")
     write_tiny_wan(os.path.join(models, "diffusion_models", "tiny_wan_i2v.safetensors"))
+    from safetensors.torch import load_file, save_file
+
+    tiny = load_file(os.path.join(models, "diffusion_models", "tiny_wan_i2v.safetensors"))
+    save_file(wan_lora(tiny, layout="lightx2v"), os.path.join(models, "loras", LIGHTX2V_LORA))
     write_wan_vae(os.path.join(models, "vae", "wan_2.1_vae.safetensors"))
     save_ckpt(os.path.join(models, "fantasyportrait", "fantasyportrait_model.ckpt"),
               adapter_state_dict(model_dim=256, blocks=2, seed=3))

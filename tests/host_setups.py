@@ -10,28 +10,11 @@ from comfy_inproc import apply, fp_sampler, ksampler, max_diff, rel
 from inproc_fixtures import H  # noqa: F401 (fixture)
 
 
-def wan_lora(H, rank=4, seed=11, layout="generic"):
-    """A LoRA on every linear layer of the tiny Wan's blocks. ``generic``: the key layout ComfyUI loads for Wan
-    (``diffusion_model.<module>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``); ``lightx2v``: the layout of
-    lightx2v's step/cfg-distill LoRAs for Wan 2.1 I2V (the files Kijai/WanVideo_comfy ships as
-    ``Lightx2v/lightx2v_I2V_14B_480p_cfg_step_distill_rank*_bf16.safetensors``, made by LightX2V's extractor):
-    down/up pairs without ``.alpha`` for the large linear weights, and whole-tensor differences for the rest, ``.diff``
-    for weights (norms) and ``.diff_b`` for biases."""
-    import torch
+def lora_for(H, layout):
+    """A LoRA on the tiny Wan's blocks in ``layout`` (tests/comfy_models.py ``wan_lora``)."""
+    from comfy_models import wan_lora
 
-    g = torch.Generator().manual_seed(seed)
-    lora = {}
-    for name, module in H.model.model.diffusion_model.blocks.named_modules():
-        key = f"diffusion_model.blocks.{name}"
-        if isinstance(module, torch.nn.Linear):
-            lora[f"{key}.lora_down.weight"] = torch.randn(rank, module.in_features, generator=g) * 0.05
-            lora[f"{key}.lora_up.weight"] = torch.randn(module.out_features, rank, generator=g) * 0.05
-            if layout == "generic":
-                lora[f"{key}.alpha"] = torch.tensor(float(rank))
-            elif module.bias is not None:
-                lora[f"{key}.diff_b"] = torch.randn(module.out_features, generator=g) * 0.01
-        elif layout == "lightx2v" and getattr(module, "weight", None) is not None and module.weight.ndim == 1:
-            lora[f"{key}.diff"] = torch.randn(module.weight.shape, generator=g) * 0.01  # RMSNorm / LayerNorm weights
+    lora = wan_lora(H.model.model.diffusion_model.state_dict(), layout=layout)
     assert len(lora) > 30
     return lora
 
@@ -44,7 +27,7 @@ def test_a_lora_gives_the_same_result_before_and_after_apply(H, layout):
     import comfy.lora
     import comfy.sd
 
-    lora = wan_lora(H, layout=layout)
+    lora = lora_for(H, layout)
     patches = comfy.lora.load_lora(lora, comfy.lora.model_lora_keys_unet(H.model.model, {}), log_missing=False)
     suffixes = (".lora_down.weight", ".diff", ".diff_b")
     assert len(patches) == sum(k.endswith(suffixes) for k in lora)  # one patch per down/up pair and per difference

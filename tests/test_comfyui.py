@@ -95,7 +95,8 @@ def server(tmp_path_factory, tiny_models_base):
 
 
 SHIPPED = ("fantasyportrait_single", "fantasyportrait_two_from_one_video", "fantasyportrait_people_from_videos",
-           "fantasyportrait_custom_sampling", "fantasyportrait_long", "fantasyportrait_long_people_from_videos")
+           "fantasyportrait_custom_sampling", "fantasyportrait_long", "fantasyportrait_long_people_from_videos",
+           "fantasyportrait_fast")
 LONG = "fantasyportrait_long"
 
 
@@ -148,7 +149,7 @@ def check_video(path, size, frames, fps, audio):
 
 def shipped_case(server, name):
     """Per shipped workflow: the inputs it is run with, and what its saved video must be."""
-    if name in ("fantasyportrait_single", "fantasyportrait_custom_sampling"):  # jgz.mp4: 15 fps with audio, its rate
+    if name in ("fantasyportrait_single", "fantasyportrait_custom_sampling", "fantasyportrait_fast"):  # jgz.mp4: 15 fps
         return dict(image=None, videos=None), ((64, 64), 9, 15.0, True)
     if name == LONG:  # 21 frames of jgz.mp4 in 4 chunks of 9 (overlap 5)
         return dict(image=None, videos=None, length=21), ((64, 64), 21, 15.0, True)

@@ -59,18 +59,26 @@ def host_results(tmp_path_factory):
     return run
 
 
+def _cases_of(outcomes: dict, name: str) -> dict:
+    """The outcomes of test ``name``: itself, or each of its parametrized cases (``name[...]``)."""
+    return {k: v for k, v in outcomes.items() if k == name or k.startswith(name + "[")}
+
+
 @pytest.mark.parametrize("file,name", CASES, ids=[f"{f[:-3]}::{n}" for f, n in CASES])
 def test_in_host(host_results, file, name):
     outcomes, output = host_results(file)
-    assert name in outcomes, f"{file}::{name} did not run in the host:\n{output}"
-    outcome, text = outcomes[name]
-    if outcome == "skipped":
-        pytest.skip(text.strip())
-    assert outcome == "passed", text[-6000:]
+    cases = _cases_of(outcomes, name)
+    assert cases, f"{file}::{name} did not run in the host:\n{output}"
+    failed = {k: text for k, (outcome, text) in cases.items() if outcome == "failed"}
+    assert not failed, "\n".join(f"{k}: {text[-6000:]}" for k, text in failed.items())
+    if all(outcome == "skipped" for outcome, _ in cases.values()):
+        pytest.skip("; ".join(text.strip() for _, text in cases.values()))
 
 
 @pytest.mark.parametrize("file", [os.path.basename(p) for p in HOST_FILES])
 def test_every_host_test_is_reported(host_results, file):
     """What ran in the host is what this file reports (a test the name scan missed would go unseen)."""
     outcomes, output = host_results(file)
-    assert sorted(outcomes) == sorted(n for f, n in CASES if f == file), output
+    names = [n for f, n in CASES if f == file]
+    assert sorted(outcomes) == sorted(k for n in names for k in _cases_of(outcomes, n)), output
+    assert all(_cases_of(outcomes, n) for n in names), output

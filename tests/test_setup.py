@@ -15,7 +15,8 @@ from fantasyportrait_tools import setup as fp_setup
 from fantasyportrait_tools.cli import main
 
 FILES = {(f.repo, f.path): f"{f.name} ".encode() * 3000 + bytes([i])
-         for i, f in enumerate(fp_setup.model_files() + fp_setup.model_files("bf16", "720p"))}
+         for i, f in enumerate(fp_setup.model_files() + fp_setup.model_files("bf16", "720p")
+                               + [fp_setup.DISTILL_LORA])}
 UNET = fp_setup.model_files()[0]
 FILES[(UNET.repo, UNET.path)] = bytes(range(256)) * (16 * 1024)  # 4 MB: several 1 MB chunks
 WANTED = {f.name: f for f in fp_setup.model_files()}
@@ -169,6 +170,16 @@ def test_dry_run_writes_nothing_and_works_offline(comfy, hub, monkeypatch, capsy
     err = capsys.readouterr().err
     assert err.count("size unknown") >= 8 and "Cannot reach the Hugging Face hub at http://127.0.0.1:9" in err
     assert not placed(root) and not os.listdir(root / "custom_nodes")
+
+
+def test_fast_adds_the_distill_lora_and_prints_the_fast_workflow(comfy, hub, capsys):
+    root, _ = comfy
+    assert setup(comfy, "--fast") == 0
+    err = capsys.readouterr().err
+    lora = root / "models" / "loras" / fp_setup.DISTILL_LORA.name
+    assert lora.read_bytes() == FILES[(fp_setup.DISTILL_LORA.repo, fp_setup.DISTILL_LORA.path)]
+    assert "Kijai/WanVideo_comfy/Lightx2v/lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors" in err
+    assert "fantasyportrait_fast_api.json" in err.splitlines()[-1]
 
 
 def test_failures_are_named(comfy, hub, monkeypatch, tmp_path, capsys):

@@ -144,6 +144,22 @@ def test_long_workflows_animate_the_whole_clip(name, embeds, fps_slot):
     assert wf[ids["SaveVideo"][0]]["inputs"]["video"] == [long_id, 0]
 
 
+def test_the_fast_workflow_puts_the_distill_lora_on_the_model():
+    """fantasyportrait_fast: the single graph with lightx2v's distill LoRA (the file setup --fast downloads) between
+    the Wan loader and the shift, and the distilled model's settings: 4 LCM steps, cfg 1, portrait_cfg 1."""
+    from fantasyportrait_tools.setup import DISTILL_LORA
+
+    with open(os.path.join(WF, "api", "fantasyportrait_fast_api.json")) as fh:
+        wf = json.load(fh)
+    by_type = {n["class_type"]: (k, n["inputs"]) for k, n in wf.items()}
+    lora_id, lora = by_type["LoraLoaderModelOnly"]
+    assert lora == {"model": [by_type["UNETLoader"][0], 0], "lora_name": DISTILL_LORA.name, "strength_model": 1.0}
+    assert by_type["ModelSamplingSD3"][1] == {"model": [lora_id, 0], "shift": 5.0}
+    sampler = by_type["FantasyPortraitSampler"][1]
+    assert {k: sampler[k] for k in ("steps", "cfg", "portrait_cfg", "sampler_name", "scheduler")} == {
+        "steps": 4, "cfg": 1.0, "portrait_cfg": 1.0, "sampler_name": "lcm", "scheduler": "simple"}
+
+
 def test_sizes_come_from_the_portrait_in_every_workflow():
     for path in API_FILES:
         name = os.path.basename(path)

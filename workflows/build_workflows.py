@@ -19,7 +19,7 @@ from node_defs import NODE_DEFS, OPTIONAL, UI_EXTRA_WIDGETS  # noqa: E402 (the n
 
 #: the stages the UI graphs are laid out and grouped by (one band each, top to bottom), and their node types
 STAGES = [
-    ("Models", "#335", ("UNETLoader", "ModelSamplingSD3", "CLIPLoader", "CLIPVisionLoader", "VAELoader",
+    ("Models", "#335", ("UNETLoader", "LoraLoaderModelOnly", "ModelSamplingSD3", "CLIPLoader", "CLIPVisionLoader", "VAELoader",
                         "FantasyPortraitModelLoader", "FantasyPortraitFaceModelLoader")),
     ("Inputs: the portrait and the driving video", "#353", (
         "LoadImage", "LoadVideo", "CLIPTextEncode", "CLIPVisionEncode", "FantasyPortraitOutputSize")),
@@ -183,6 +183,26 @@ def long_of(graph):
     return sorted(out, key=lambda n: n[0])
 
 
+FAST = dict(steps=4, cfg=1.0, portrait_cfg=1.0, sampler_name="lcm", scheduler="simple")
+
+
+def fast():
+    """The single portrait in minutes: lightx2v's step/cfg-distill LoRA for Wan 2.1 I2V 480p on the model (its
+    settings: 4 steps, LCM, cfg 1, shift 5) and portrait_cfg 1, so every step is one model pass."""
+    from fantasyportrait_tools.setup import DISTILL_LORA
+
+    graph = []
+    for i, c, t, v in single_portrait():
+        if c == "ModelSamplingSD3":
+            v = {**v, "model": (70, 0)}
+        elif c == "FantasyPortraitSampler":
+            v = {**v, **FAST}
+        graph.append((i, c, t, v))
+    lora = (70, "LoraLoaderModelOnly", "Step/CFG-distill LoRA (lightx2v, 4 steps)",
+            {"model": (1, 0), "lora_name": DISTILL_LORA.name, "strength_model": 1.0})
+    return sorted(graph + [lora], key=lambda n: n[0])
+
+
 def to_api(graph):
     out = {}
     for node_id, ctype, title, values in graph:
@@ -264,18 +284,19 @@ def to_ui(graph):
         dst_node = next(n for n in nodes if n["id"] == dst)
         slot = next(i for i, inp in enumerate(dst_node["inputs"]) if inp["name"] == name)
         ui_links.append([link_id, src, src_slot, dst, slot, typ])
-    nodes.append(model_note(order + 1, [60, top]))
+    nodes.append(model_note(order + 1, [60, top], fast=any(n[1] == "LoraLoaderModelOnly" for n in graph)))
     return {"last_node_id": max(n["id"] for n in nodes), "last_link_id": len(ui_links), "nodes": nodes,
             "links": ui_links, "groups": groups, "config": {}, "extra": {}, "version": 0.4}
 
 
-def model_note(order, pos):
-    """A note listing the model files (the pack's own list, as `fantasyportrait setup` downloads them), their
-    folders and where they come from."""
+def model_note(order, pos, fast=False):
+    """A note listing the model files (the pack's own list, as `fantasyportrait setup` downloads them; with the
+    distill LoRA for the fast graph), their folders and where they come from."""
     from fantasyportrait_tools.setup import model_files
 
-    lines = ["Model files (or let `fantasyportrait setup --comfyui <your ComfyUI>` download them all):", ""]
-    for item in model_files():
+    command = "fantasyportrait setup --comfyui <your ComfyUI>" + (" --fast" if fast else "")
+    lines = [f"Model files (or let `{command}` download them all):", ""]
+    for item in model_files(fast=fast):
         lines.append(f"models/{item.folder}/{item.name}")
         lines.append(f"    https://huggingface.co/{item.repo}/blob/main/{item.path}")
     lines += ["", "Other Wan 2.1 I2V variants (bf16, 720p) work too: pick them in Load Diffusion Model.",
@@ -292,6 +313,7 @@ WORKFLOWS = {
     "fantasyportrait_custom_sampling": custom_sampling,
     "fantasyportrait_long": lambda: long_of(single_portrait()),
     "fantasyportrait_long_people_from_videos": lambda: long_of(people_from_videos()),
+    "fantasyportrait_fast": fast,
 }
 
 

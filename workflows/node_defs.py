@@ -4,6 +4,8 @@ the widgets the frontend adds."""
 # class_type -> (ordered inputs as (name, type, is_widget), outputs as (name, type), extra UI widget values)
 NODE_DEFS = {
     "UNETLoader": ([("unet_name", "COMBO", True), ("weight_dtype", "COMBO", True)], [("MODEL", "MODEL")]),
+    "LoraLoaderModelOnly": ([("model", "MODEL", False), ("lora_name", "COMBO", True),
+                             ("strength_model", "FLOAT", True)], [("MODEL", "MODEL")]),
     "ModelSamplingSD3": ([("model", "MODEL", False), ("shift", "FLOAT", True)], [("MODEL", "MODEL")]),
     "CLIPLoader": ([("clip_name", "COMBO", True), ("type", "COMBO", True), ("device", "COMBO", True)],
                    [("CLIP", "CLIP")]),
