@@ -60,3 +60,32 @@ def test_fp8_weights_run_with_the_portrait(H):
     assert rel(on8, stock8) > 1e-3  # the portrait acts on fp8 weights
     # the portrait adds no rounding of its own: its fp8 run is as far from fp32 as the stock model's (0.066 vs 0.067)
     assert rel(on8, on32) < 1.25 * rel(stock8, stock32)
+
+
+def test_fp8_scaled_files_run_with_the_portrait(H, tmp_path):
+    """The tiny Wan as an ``*_fp8_scaled`` file (Comfy-Org's format: every linear weight in e4m3fn with a per-tensor
+    ``scale_weight``, and a ``scaled_fp8`` marker): ComfyUI loads it with its scaled-fp8 layers; strength 0 is exactly
+    the stock sampler on it, and the portrait adds no error beyond the file's own rounding."""
+    import comfy.sd
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    if not hasattr(torch, "float8_e4m3fn"):
+        pytest.skip("this torch has no float8_e4m3fn")
+    scaled = {"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn)}
+    for name, weight in load_file(os.path.join(H.tmp, "tiny_wan_i2v.safetensors")).items():
+        if name.endswith(".weight") and weight.ndim == 2:
+            scale = weight.abs().max().float() / 448.0  # e4m3fn's largest value
+            scaled[name] = (weight.float() / scale).to(torch.float8_e4m3fn)
+            scaled[name[:-len("weight")] + "scale_weight"] = scale.reshape(())
+        else:
+            scaled[name] = weight
+    path = str(tmp_path / "tiny_wan_i2v_fp8_scaled.safetensors")
+    save_file(scaled, path)
+    model = comfy.sd.load_diffusion_model(path)
+    q = model.model.diffusion_model.blocks[0].self_attn.q
+    assert q.weight.dtype == torch.float8_e4m3fn and float(q.scale_weight) != 1.0  # loaded as scaled fp8
+    assert torch.equal(fp_sampler(H, model, 3.0, 1.0, strength=0.0), ksampler(H, model))
+    stock, on = ksampler(H, model), ksampler(H, apply(H, model))
+    assert bool(torch.isfinite(on).all()) and rel(on, stock) > 1e-3
+    assert rel(on, ksampler(H, apply(H, H.model))) < 1.25 * rel(stock, ksampler(H, H.model))
