@@ -23,7 +23,7 @@ from ..fantasyportrait_core.longvideo.colour import as_uint8, match_colour, refe
 from ..fantasyportrait_core.longvideo.plan import Chunk, plan_chunks, sampled_frames
 from ..fantasyportrait_core.longvideo.store import ChunkStore, RunKey, remove_stale
 from .common import log
-from .nodes_sampling import _guider, _patch, run_sampler
+from .nodes_sampling import portrait_guider, portrait_model, run_sampler
 
 CHUNK_FOLDER = "fantasyportrait_chunks"  # under ComfyUI's output folder (its temp folder is emptied at start-up)
 KEY_VERSION = 1  # bump when what a chunk holds changes, so old chunks are not reused
@@ -145,9 +145,9 @@ def _sample_chunk(chunk: Chunk, start_image, model, adapter, embeds, positive, n
     pos, neg, latent = WanImageToVideo.EXECUTE_NORMALIZED(
         positive=positive, negative=negative, vae=vae, width=s.width, height=s.height, length=chunk.length,
         batch_size=1, start_image=start_image, clip_vision_output=clip_vision).result
-    patched = _patch(model, adapter, embeds.frames(chunk.start, chunk.length), s.strength, s.start_percent,
+    patched = portrait_model(model, adapter, embeds.frames(chunk.start, chunk.length), s.strength, s.start_percent,
                      s.end_percent)
-    guider = _guider(patched, pos, neg, s.cfg, s.portrait_cfg)
+    guider = portrait_guider(patched, pos, neg, s.cfg, s.portrait_cfg)
     samples = run_sampler(patched, guider, latent, s.seed + chunk.index, s.steps, s.sampler_name, s.scheduler)
     images = comfy_nodes.VAEDecode().decode(vae, samples)[0]
     return images.reshape(-1, *images.shape[-3:])

@@ -9,7 +9,7 @@ from ..fantasyportrait_core.errors import FantasyPortraitError, require_finite
 from ..fantasyportrait_core.branch.embeds import PortraitEmbeds
 from ..fantasyportrait_core.longvideo.plan import DEFAULT_CHUNK, DEFAULT_OVERLAP, plan_chunks
 from .common import DEFAULT_FPS, check_length_widget, node_schema, output
-from .nodes_sampling import _guide_inputs, _patch_inputs
+from .nodes_sampling import guide_inputs, patch_inputs
 
 CHUNK_MAX = 257
 COLOUR = {"portrait": True, "off": False}
@@ -26,7 +26,7 @@ class FantasyPortraitLongVideo(io.ComfyNode):
     def define_schema(cls):
         schema = node_schema(cls, "Long Video", "sampling", inputs=[
             io.Model.Input("model", tooltip="Native Wan 2.1 I2V 14B model (Load Diffusion Model), LoRAs welcome."),
-            *_patch_inputs(),
+            *patch_inputs(),
             io.Conditioning.Input("positive", tooltip="The text prompt (CLIP Text Encode): this node adds the image "
                                   "conditioning of every chunk itself, as WanImageToVideo does."),
             io.Conditioning.Input("negative", tooltip="The negative text prompt (CLIP Text Encode)."),
@@ -40,7 +40,7 @@ class FantasyPortraitLongVideo(io.ComfyNode):
                          tooltip="Seed of the first chunk; chunk k uses seed + k."),
             io.Int.Input("steps", default=30, min=1, max=10000, tooltip="Sampling steps of every chunk (released: "
                          "30)."),
-            *_guide_inputs(),
+            *guide_inputs(),
             io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler",
                            tooltip="The sampling algorithm (released: euler)."),
             io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple",

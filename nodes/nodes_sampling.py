@@ -14,7 +14,8 @@ from ..fantasyportrait_core.branch.embeds import PortraitEmbeds
 from .common import AdapterIO, EmbedsIO, node_schema, output
 
 
-def _patch(model, adapter, portrait_embeds, strength, start_percent, end_percent):
+def portrait_model(model, adapter, portrait_embeds, strength, start_percent, end_percent):
+    """``model`` with the portrait branch (what FantasyPortrait Apply returns)."""
     from .wan_patch import apply_portrait
     from ..fantasyportrait_core.branch.multi import token_grid
 
@@ -26,7 +27,7 @@ def _patch(model, adapter, portrait_embeds, strength, start_percent, end_percent
                           mask, portrait_embeds.query_scale, grid=grid, size=size)
 
 
-def _patch_inputs() -> list:
+def patch_inputs() -> list:
     return [
         AdapterIO.Input("adapter", tooltip="From FantasyPortrait Model Loader."),
         EmbedsIO.Input("portrait_embeds", tooltip="From FantasyPortrait Encode (or the multi-portrait node)."),
@@ -39,7 +40,7 @@ def _patch_inputs() -> list:
     ]
 
 
-def _guide_inputs() -> list:
+def guide_inputs() -> list:
     return [
         io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Text guidance. Released "
                        "setting: 1 (then the negative prompt is not evaluated)."),
@@ -62,16 +63,17 @@ class FantasyPortraitApply(io.ComfyNode):
         return node_schema(cls, "Apply (MODEL patch)", "sampling", inputs=[
             io.Model.Input("model", tooltip="Native Wan 2.1 I2V 14B model (Load Diffusion Model); LoRAs may be "
                            "applied before or after."),
-            *_patch_inputs(),
+            *patch_inputs(),
         ], outputs=[output(io.Model, "MODEL", "The patched model: for FantasyPortrait Guider + "
                                              "SamplerCustomAdvanced, or any KSampler (plain CFG).")])
 
     @classmethod
     def execute(cls, model, adapter, portrait_embeds, portrait_strength, start_percent, end_percent) -> io.NodeOutput:
-        return io.NodeOutput(_patch(model, adapter, portrait_embeds, portrait_strength, start_percent, end_percent))
+        return io.NodeOutput(portrait_model(model, adapter, portrait_embeds, portrait_strength, start_percent, end_percent))
 
 
-def _guider(model, positive, negative, cfg, portrait_cfg):
+def portrait_guider(model, positive, negative, cfg, portrait_cfg):
+    """The portrait guider on a patched ``model`` (what FantasyPortrait Guider returns)."""
     from .guidance import PortraitGuider
 
     guider = PortraitGuider(model)
@@ -86,12 +88,12 @@ class FantasyPortraitGuider(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return node_schema(cls, "Guider", "sampling", inputs=[
-            io.Model.Input("model", tooltip="A model patched by FantasyPortrait Apply."), *_conds(), *_guide_inputs(),
+            io.Model.Input("model", tooltip="A model patched by FantasyPortrait Apply."), *_conds(), *guide_inputs(),
         ], outputs=[output(io.Guider, "GUIDER", "For SamplerCustomAdvanced.")])
 
     @classmethod
     def execute(cls, model, positive, negative, cfg, portrait_cfg) -> io.NodeOutput:
-        return io.NodeOutput(_guider(model, positive, negative, cfg, portrait_cfg))
+        return io.NodeOutput(portrait_guider(model, positive, negative, cfg, portrait_cfg))
 
 
 class FantasyPortraitSampler(io.ComfyNode):
@@ -101,12 +103,12 @@ class FantasyPortraitSampler(io.ComfyNode):
     def define_schema(cls):
         return node_schema(cls, "Sampler", "sampling", inputs=[
             io.Model.Input("model", tooltip="Native Wan 2.1 I2V 14B model (Load Diffusion Model), LoRAs welcome."),
-            *_patch_inputs(), *_conds(),
+            *patch_inputs(), *_conds(),
             io.Latent.Input("latent_image", tooltip="From WanImageToVideo (its length must match the embeds)."),
             io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
                          tooltip="The random seed of the starting noise."),
             io.Int.Input("steps", default=30, min=1, max=10000, tooltip="Released: 30."),
-            *_guide_inputs(),
+            *guide_inputs(),
             io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler",
                            tooltip="The sampling algorithm (released: euler)."),
             io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple",
@@ -119,8 +121,8 @@ class FantasyPortraitSampler(io.ComfyNode):
     def execute(cls, model, adapter, portrait_embeds, portrait_strength, start_percent, end_percent, positive,
                 negative, latent_image, seed, steps, cfg, portrait_cfg, sampler_name, scheduler,
                 denoise) -> io.NodeOutput:
-        patched = _patch(model, adapter, portrait_embeds, portrait_strength, start_percent, end_percent)
-        guider = _guider(patched, positive, negative, cfg, portrait_cfg)
+        patched = portrait_model(model, adapter, portrait_embeds, portrait_strength, start_percent, end_percent)
+        guider = portrait_guider(patched, positive, negative, cfg, portrait_cfg)
         return io.NodeOutput(run_sampler(patched, guider, latent_image, seed, steps, sampler_name, scheduler, denoise))
 
 
