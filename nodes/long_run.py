@@ -94,8 +94,11 @@ def model_fingerprint(model) -> list:
     so a model still loaded with its LoRAs applied from the last run gives the same), its weight patches (LoRAs),
     its noise schedule (ModelSamplingSD3's shift) and the layout of its other patches."""
     backup = getattr(model, "backup", None) or {}  # weights a loaded model holds patched (LoRAs): the originals
+    # (model_sampling's buffers are left out: they are those of whichever clone was loaded last, since ComfyUI puts
+    # a clone's object patches such as ModelSamplingSD3's into the shared model while it is loaded; the schedule of
+    # this MODEL comes from get_model_object below)
     weights = [[name, *_tensor_sample(getattr(backup.get(name), "weight", t))]
-               for name, t in model.model.state_dict().items()]
+               for name, t in model.model.state_dict().items() if not name.startswith("model_sampling.")]
     patches = {str(k): _sampled(v) for k, v in getattr(model, "patches", {}).items()}
     sampling = model.get_model_object("model_sampling")
     return [type(model.model).__name__, weights, patches, getattr(sampling, "sigmas", None),

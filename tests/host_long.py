@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from comfy_inproc import NodeCall
+from comfy_inproc import NodeCall, ksampler
 from inproc_fixtures import H  # noqa: F401 (fixture)
 
 FPS = 10.0
@@ -305,3 +305,8 @@ def test_the_run_key_sees_a_lora_but_not_whether_it_is_applied_yet(H, L):
         comfy.model_management.unload_all_models()
     shifted = ModelSamplingSD3().patch(H.model, 5.0)[0]
     assert len({key(H.model), before, key(shifted)}) == 3
+    # sampling with the shifted clone (ComfyUI puts its schedule into the shared model while it is loaded) changes
+    # neither key
+    plain = key(H.model)
+    ksampler(H, shifted)
+    assert key(shifted) == key(ModelSamplingSD3().patch(H.model, 5.0)[0]) and key(H.model) == plain

@@ -315,3 +315,47 @@ def test_a_long_run_resumes_after_its_server_is_killed(server, tmp_path):
     assert sampled == list(range(finished + 1, 8))  # nothing finished is sampled again
     check_video(out, (64, 64), 33, 15.0, True)
     assert not any(os.path.exists(f) for f in kept)  # the chunk files are gone once the video is joined
+
+
+def test_a_cancelled_long_run_stops_and_resumes(server, tmp_path):
+    """/interrupt during the shipped long workflow (21 frames, 4 chunks) once its first chunk is finished: the run
+    is cancelled, the server keeps serving, and the same prompt again resumes at the first unfinished chunk."""
+    import glob
+    import threading
+    import time
+
+    from fantasyportrait_tools.runner import ComfyClient, RunError, apply_overrides, fill_inputs, load_workflow, run_workflow
+
+    client = ComfyClient(server["url"])
+    path, sets = shipped(LONG, length=21, sets=[("FantasyPortraitLongVideo", "seed", 77)])  # a run of its own
+    wf = apply_overrides(load_workflow(path), sets)
+    wf = fill_inputs(wf, client.upload(media_path("man.jpeg")), [client.upload(media_path("jgz.mp4"))])
+    root = server["tmp"] / "base" / "output" / "fantasyportrait_chunks"
+    before = set(glob.glob(str(root / "*")))
+    outcome = {}
+
+    def target():
+        try:
+            outcome["entry"] = run_workflow(client, wf, timeout=300)
+        except RunError as exc:
+            outcome["error"] = str(exc)
+
+    worker = threading.Thread(target=target)
+    worker.start()
+    deadline = time.time() + 300
+    while time.time() < deadline and not [d for d in glob.glob(str(root / "*" / "chunk_0000.json"))
+                                          if os.path.dirname(d) not in before]:
+        time.sleep(0.1)
+    urllib.request.urlopen(urllib.request.Request(server["url"] + "/interrupt", data=b"", method="POST")).read()
+    worker.join(120)
+    assert "cancelled" in outcome.get("error", ""), outcome
+    (run_dir,) = set(glob.glob(str(root / "*"))) - before
+    finished = len(glob.glob(os.path.join(run_dir, "chunk_*.json")))
+    assert 1 <= finished < 4
+    log_start = len(server["log"].read_text())
+    out = tmp_path / "after_cancel.mp4"
+    proc = run_cli(server, (path, sets), out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = server["log"].read_text()[log_start:]
+    assert f"resuming at chunk {finished + 1} of 4" in log, log[-3000:]
+    check_video(out, (64, 64), 21, 15.0, True)
