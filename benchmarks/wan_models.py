@@ -33,21 +33,9 @@ def random_wan(shape: dict, seed: int = 0, dtype=torch.bfloat16, weight_dtype=No
 
 
 def random_wan_vae(seed: int = 0):
-    """A random full-size Wan 2.1 VAE (its dims are fixed), as ComfyUI's VAE object."""
+    """A random full-size Wan 2.1 VAE (its dims are fixed; the tests' own, tests/comfy_models.py), as ComfyUI's VAE
+    object."""
     import comfy.sd
-    from comfy.ldm.wan.vae import WanVAE
+    from comfy_models import wan_vae_state
 
-    with torch.device("meta"):
-        shapes = WanVAE(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-                        temperal_downsample=[False, True, True]).state_dict()
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for k, v in shapes.items():
-        fan_in = max(int(torch.tensor(v.shape[1:]).prod()) if v.ndim > 1 else v.shape[-1], 1)
-        if ("norm" in k and k.endswith("weight")) or k.endswith("gamma"):
-            sd[k] = 1 + 0.1 * torch.randn(v.shape, generator=g)
-        elif k.endswith("bias"):
-            sd[k] = 0.02 * torch.randn(v.shape, generator=g)
-        else:
-            sd[k] = torch.randn(v.shape, generator=g) / fan_in ** 0.5
-    return comfy.sd.VAE(sd={k: v.to(torch.bfloat16) for k, v in sd.items()})
+    return comfy.sd.VAE(sd=wan_vae_state(seed))

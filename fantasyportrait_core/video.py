@@ -291,7 +291,7 @@ def write_video(path: str, frames, fps: float, container_format: str | None = No
     """Write ``[F, H, W, 3]`` uint8 RGB frames (an array or any sequence of frames) as an H.264 (or
     MPEG-4) video; ``container_format`` (e.g. ``"mp4"``) when the file name does not say it, ``crf`` the H.264
     quality (lower is better; libx264's default is 23)."""
-    av = require("av", "Writing preview videos", "av")
+    av = require("av", "Writing videos", "av")
     from fractions import Fraction
 
     stream = None

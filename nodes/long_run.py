@@ -94,11 +94,11 @@ def model_fingerprint(model) -> list:
     so a model still loaded with its LoRAs applied from the last run gives the same), its weight patches (LoRAs),
     its noise schedule (ModelSamplingSD3's shift) and the layout of its other patches."""
     backup = getattr(model, "backup", None) or {}  # weights a loaded model holds patched (LoRAs): the originals
-    # (model_sampling's buffers are left out: they are those of whichever clone was loaded last, since ComfyUI puts
-    # a clone's object patches such as ModelSamplingSD3's into the shared model while it is loaded; the schedule of
-    # this MODEL comes from get_model_object below)
-    weights = [[name, *_tensor_sample(getattr(backup.get(name), "weight", t))]
-               for name, t in model.model.state_dict().items() if not name.startswith("model_sampling.")]
+    # the diffusion model's own weights: the shared BaseModel also holds the schedule of whichever clone was loaded
+    # last (ComfyUI puts a clone's object patches, such as ModelSamplingSD3's, into it while it is loaded); the
+    # schedule of this MODEL comes from get_model_object below
+    weights = [[name, *_tensor_sample(getattr(backup.get(f"diffusion_model.{name}"), "weight", t))]
+               for name, t in model.model.diffusion_model.state_dict().items()]
     patches = {str(k): _sampled(v) for k, v in getattr(model, "patches", {}).items()}
     sampling = model.get_model_object("model_sampling")
     return [type(model.model).__name__, weights, patches, getattr(sampling, "sigmas", None),
@@ -148,8 +148,8 @@ def _sample_chunk(chunk: Chunk, start_image, model, adapter, embeds, positive, n
     pos, neg, latent = WanImageToVideo.EXECUTE_NORMALIZED(
         positive=positive, negative=negative, vae=vae, width=s.width, height=s.height, length=chunk.length,
         batch_size=1, start_image=start_image, clip_vision_output=clip_vision).result
-    patched = portrait_model(model, adapter, embeds.frames(chunk.start, chunk.length), s.strength, s.start_percent,
-                     s.end_percent)
+    patched = portrait_model(model, adapter, embeds.frames(chunk.start, chunk.length), s.strength,
+                             s.start_percent, s.end_percent)
     guider = portrait_guider(patched, pos, neg, s.cfg, s.portrait_cfg)
     samples = run_sampler(patched, guider, latent, s.seed + chunk.index, s.steps, s.sampler_name, s.scheduler)
     images = comfy_nodes.VAEDecode().decode(vae, samples)[0]
@@ -160,11 +160,12 @@ def run_long(model, adapter, embeds: PortraitEmbeds, positive, negative, vae, po
              s: LongSettings, node_id=None) -> tuple[str, int]:
     """The whole video: (the path of the joined file, its frame count)."""
     chunks = plan_chunks(embeds.expression.num_frames, s.chunk_length, s.overlap)
-    total = sum(c.new_frames for c in chunks)
+    total, sampled = sum(c.new_frames for c in chunks), sampled_frames(chunks)
     key = run_key(model, adapter, embeds, positive, negative, vae, portrait, clip_vision, audio, s)
-    for stale in remove_stale(chunk_root(), keep=key):
+    root = chunk_root()
+    for stale in remove_stale(root, keep=key):
         log.info("FantasyPortrait: deleted the chunks of an old long run (%s), unused for a week", stale)
-    store = ChunkStore(chunk_root(), key)
+    store = ChunkStore(root, key)
     finished = store.finished_video()
     if finished is not None:
         _progress_text(f"done before: {total} frames in {len(chunks)} chunks ({finished})", node_id)
@@ -172,7 +173,7 @@ def run_long(model, adapter, embeds: PortraitEmbeds, positive, negative, vae, po
     done = store.finished_chunks(len(chunks))
     log.info("FantasyPortrait long video: %d frames in %d chunks of up to %d (overlap %d: %d frames sampled, "
              "%.0f%% more than the output), chunks kept in %s", total, len(chunks), s.chunk_length, s.overlap,
-             sampled_frames(chunks), 100.0 * (sampled_frames(chunks) / total - 1), store.dir)
+             sampled, 100.0 * (sampled / total - 1), store.dir)
     if done:
         _progress_text(f"resuming at chunk {done + 1} of {len(chunks)} (chunks 1-{done} were finished before)",
                        node_id)

@@ -40,15 +40,21 @@ def write_tiny_wan(path, seed=0, model_type="i2v", in_dim=36):
     return path
 
 
-def write_wan_vae(path, seed=0):
-    """The Wan 2.1 VAE has fixed dims: a random full-size one (bf16, about 250 MB)."""
+def wan_vae_state(seed=0):
+    """The Wan 2.1 VAE has fixed dims: a random full-size one (bf16, about 250 MB), as a state dict."""
     from comfy.ldm.wan.vae import WanVAE
-    from safetensors.torch import save_file
 
     with torch.device("meta"):
         shapes = WanVAE(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                         temperal_downsample=[False, True, True]).state_dict()
-    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in _fill(shapes, seed).items()}, path)
+    return {k: v.to(torch.bfloat16).contiguous() for k, v in _fill(shapes, seed).items()}
+
+
+def write_wan_vae(path, seed=0):
+    """:func:`wan_vae_state` as a file."""
+    from safetensors.torch import save_file
+
+    save_file(wan_vae_state(seed), path)
     return path
 
 

@@ -11,13 +11,27 @@ import torch
 
 from fantasyportrait_core.branch.embeds import PortraitEmbeds
 from fantasyportrait_core.errors import FantasyPortraitError
-from fantasyportrait_core.longvideo.colour import colour_error, match_colour, reference_stats
+from fantasyportrait_core.longvideo.colour import frame_stats, match_colour, reference_stats
 from fantasyportrait_core.longvideo.plan import plan_chunks, sampled_frames
-from fantasyportrait_core.longvideo.segments import join_segments, video_frame_count, write_segment
+from fantasyportrait_core.longvideo.segments import join_segments, write_segment
 from fantasyportrait_core.longvideo.store import ChunkStore, RunKey, remove_stale
 from fantasyportrait_core.tokens.encoding import ExpressionTokens
 from fantasyportrait_core.tokens.windows import build_windows
 from media import media_path, read_frames
+
+
+def video_frame_count(path: str) -> int:
+    """Frames of a file's first video stream (decoded, not taken from the header)."""
+    import av
+
+    with av.open(path) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def colour_error(frames: torch.Tensor, reference) -> float:
+    """Mean absolute difference of the frames' channel means and deviations from ``reference`` (0..1 units)."""
+    mean, std = frame_stats(frames)
+    return float(((mean - reference.mean).abs().mean() + (std - reference.std).abs().mean()) / 2)
 
 
 def test_chunks_cover_the_clip_once_with_their_overlap():

@@ -72,13 +72,6 @@ def match_colour(frames: torch.Tensor, reference: ColourStats, sigma: float = SM
     return out.clamp(0.0, 1.0).to(frames.dtype)
 
 
-def colour_error(frames: torch.Tensor, reference: ColourStats) -> float:
-    """Mean absolute difference of the frames' channel means and deviations from ``reference`` (0..1 units):
-    how far the video's colour and brightness are from the portrait's."""
-    mean, std = frame_stats(frames)
-    return float(((mean - reference.mean).abs().mean() + (std - reference.std).abs().mean()) / 2)
-
-
 def as_uint8(frames: torch.Tensor) -> np.ndarray:
     """IMAGE frames (float 0..1) -> uint8 ``[F, H, W, 3]`` as video files store them."""
     return (frames.clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()

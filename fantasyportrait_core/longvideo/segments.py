@@ -4,6 +4,7 @@ are joined into one file (their packets copied, not encoded again) with the driv
 from __future__ import annotations
 
 import os
+
 import numpy as np
 
 from ..errors import FantasyPortraitError, require
@@ -22,12 +23,11 @@ def write_segment(path: str, frames: np.ndarray, fps: float) -> None:
 
 
 def _audio_frame(av, waveform: np.ndarray, rate: int):
-    """A ``[channels, samples]`` float waveform as one packed audio frame."""
-    channels = waveform.shape[0]
-    if channels not in (1, 2):
-        waveform, channels = waveform[:2] if channels > 2 else waveform, min(channels, 2)
+    """A ``[channels, samples]`` float waveform as one packed audio frame (mono or stereo: further channels are
+    left out)."""
+    waveform = waveform[:2]
     frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(waveform.T.reshape(1, -1), dtype=np.float32),
-                                       format="flt", layout="mono" if channels == 1 else "stereo")
+                                       format="flt", layout="mono" if len(waveform) == 1 else "stereo")
     frame.sample_rate = rate
     frame.pts = 0
     return frame
@@ -70,10 +70,3 @@ def join_segments(paths: list[str], out_path: str, fps: float, audio: dict | Non
             out.mux(audio_stream.encode(None))
     os.replace(partial, out_path)
     return frames
-
-
-def video_frame_count(path: str) -> int:
-    """Frames of the first video stream of a file (decoded, not taken from the header)."""
-    av = require("av", "Reading a video", "av")
-    with av.open(path) as container:
-        return sum(1 for _ in container.decode(video=0))

@@ -72,7 +72,6 @@ class ChunkStore:
     """The finished chunks of one run (``root/key``)."""
 
     def __init__(self, root: str, key: str):
-        self.root, self.key = root, key
         self.dir = os.path.join(root, key)
 
     def _chunk(self, index: int, ext: str, name: str = "chunk") -> str:
