@@ -2,11 +2,16 @@
 setup`` runs it too): installs ONNX Runtime for the face models only when the environment has none of its
 builds. A ComfyUI that has ``onnxruntime-gpu`` (or DirectML, OpenVINO, ...) keeps it: installing the CPU build
 beside it would break both (they ship the same ``onnxruntime`` module), which is why ``requirements.txt`` does
-not name it. ``--dry-run`` says what it would do."""
+not name it. It also copies the pack's example inputs (``examples/``) into ComfyUI's input folder as
+``fantasyportrait_example_*`` (files already there are left alone), so the shipped templates run as they open.
+``--dry-run`` says what it would do."""
 
 import importlib.metadata
+import os
 import subprocess
 import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 BUILDS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino", "onnxruntime-rocm",
           "onnxruntime-silicon", "onnxruntime-qnn")
@@ -22,8 +27,24 @@ def installed_builds() -> list[str]:
     return sorted(found)
 
 
+def copy_examples(dry_run: bool) -> None:
+    """The example inputs into ComfyUI's input folder, when this pack sits in a ComfyUI's custom_nodes/."""
+    comfy = os.path.dirname(os.path.dirname(HERE))
+    if os.path.basename(os.path.dirname(HERE)) != "custom_nodes" or not os.path.isfile(os.path.join(comfy, "main.py")):
+        return
+    sys.path.insert(0, HERE)
+    from fantasyportrait_tools.example_inputs import FILES, PREFIX, copy_to_input
+
+    if dry_run:
+        print(f"FantasyPortrait: would copy the examples ({', '.join(PREFIX + f for f in FILES)}) into "
+              f"{os.path.join(comfy, 'input')}")
+    else:
+        copy_to_input(os.path.join(comfy, "input"), lambda line: print(f"FantasyPortrait: {line}"))
+
+
 def main(argv=None) -> int:
     dry_run = "--dry-run" in (sys.argv[1:] if argv is None else argv)
+    copy_examples(dry_run)
     found = installed_builds()
     if found:
         print(f"FantasyPortrait: ONNX Runtime is installed ({', '.join(found)}); nothing to install")

@@ -129,20 +129,25 @@ def build_parser() -> argparse.ArgumentParser:
             "Upload the portrait image and driving video(s) to a running ComfyUI (or one started for the run), "
             "put them into the workflow's "
             "LoadImage and LoadVideo nodes (LoadVideo nodes in node-id order), queue it, show progress and "
-            "download the saved video. A failed run exits with status 1 and ComfyUI's node error."
+            "download the saved video. A failed run exits with status 1 and ComfyUI's node error. With a shipped "
+            "workflow, what is not given (--image, --video) comes from the pack's examples/: 'fantasyportrait run "
+            "--comfyui DIR' alone animates the example portrait."
         ),
     )
     run.add_argument("--server", metavar="URL",
                      help="address of a running ComfyUI, e.g. http://127.0.0.1:8188; without it a private headless "
                           "ComfyUI is started for this run on a free loopback port and stopped afterwards")
     _private_server_options(run)
-    run.add_argument("--workflow", required=True, metavar="W_api.json",
-                     help="API-format workflow file, or a shipped one by name: single, two_from_one_video, "
-                          "people_from_videos, custom_sampling, long, long_people_from_videos, fast")
-    run.add_argument("--image", metavar="IMG", help="portrait image for the workflow's LoadImage node")
+    run.add_argument("--workflow", default="single", metavar="W_api.json",
+                     help="API-format workflow file, or a shipped one by name: single (the default), "
+                          "two_from_one_video, people_from_videos, custom_sampling, long, long_people_from_videos, fast")
+    run.add_argument("--image", metavar="IMG", help="portrait image for the workflow's LoadImage node (default with a "
+                                                    "shipped workflow: the pack's example portrait)")
     run.add_argument("--video", action="append", default=[], metavar="VID",
-                     help="driving video; repeat for workflows with several LoadVideo nodes")
-    run.add_argument("--out", required=True, metavar="OUT.mp4", help="where to write the resulting video")
+                     help="driving video; repeat for workflows with several LoadVideo nodes (default with a shipped "
+                          "workflow: the pack's example clip(s))")
+    run.add_argument("--out", default="fantasyportrait.mp4", metavar="OUT.mp4",
+                     help="where to write the resulting video (default: fantasyportrait.mp4 here)")
     run.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds (default: wait)")
     run.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
                      help="override a workflow input before queueing (repeatable); NODE is a node id or title, "
@@ -267,10 +272,19 @@ def _cmd_batch(args) -> int:
 
 def _cmd_run(args) -> int:
     from . import SHIPPED, shipped_workflow
+    from .example_inputs import examples_dir, for_workflow
     from .runner import RunError, run
 
     if args.workflow in SHIPPED and not os.path.exists(args.workflow):  # a shipped graph by its short name
         args.workflow = shipped_workflow(args.workflow)
+    example = for_workflow(args.workflow)
+    if example and (args.image is None or not args.video):
+        missing = [flag for flag, value in (("--image", args.image), ("--video", args.video)) if not value]
+        args.image = args.image or example[0]
+        args.video = args.video or example[1]
+        files = ", ".join(os.path.basename(p) for p in [args.image, *args.video] if p in (example[0], *example[1]))
+        print(f"no {' or '.join(missing)} given: using the pack's example {files} (from {examples_dir()})",
+              file=sys.stderr)
     try:
         if args.server:
             out = run(args.server, args.workflow, args.image, args.video, args.out, timeout=args.timeout,

@@ -24,6 +24,7 @@ from typing import Callable
 
 from fantasyportrait_core.errors import FantasyPortraitError
 
+from .example_inputs import upload_name
 from .errors import PromptVanished, RunError, ServerUnreachable  # noqa: F401 (also the runner's API)
 from .workflow import apply_overrides, check_workflow, fill_inputs, load_workflow
 
@@ -297,8 +298,8 @@ def run(server: str, workflow_path: str, image: str | None, videos: list[str], o
     for note in notes:
         progress(note)
     check_workflow(wf, client.get_json("/object_info"))
-    image_name = client.upload(image) if image else None
-    video_names = [client.upload(v) for v in videos]
+    image_name = client.upload(image, upload_name(image)) if image else None
+    video_names = [client.upload(v, upload_name(v)) for v in videos]
     progress(f"uploaded {1 if image else 0} image and {len(video_names)} video(s)")
     entry = run_workflow(client, fill_inputs(wf, image_name, video_names), progress, timeout=timeout)
     data = download_result(client, entry)

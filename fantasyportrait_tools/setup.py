@@ -230,8 +230,8 @@ def run_setup(comfyui: str | None = None, python: str | None = None, variant: st
         f" --set UNETLoader.unet_name={unet}"
     if resolution not in [n["inputs"].get("resolution") for n in shipped.values()]:
         extra += f" --set FantasyPortraitOutputSize.resolution={resolution}"
-    say("animate a portrait (the released examples are man.jpeg and jgz.mp4 in the FantasyPortrait repository's "
-        "assert/ folder):")
-    say(f"  fantasyportrait run --comfyui {comfy_dir} --workflow {workflow} --image portrait.jpg --video driving.mp4 "
-        f"--out fantasyportrait.mp4{extra}")
+    say("animate the pack's example portrait with its example driving clip (add --image YOURS.png --video "
+        "YOURS.mp4 for your own; the templates in ComfyUI's browser load the same examples):")
+    say(f"  fantasyportrait run --comfyui {comfy_dir}{' --workflow fast' if fast else ''} --out fantasyportrait.mp4"
+        f"{extra}")
     return 0

@@ -1,5 +1,5 @@
 """Loads every UI-format workflow into the real ComfyUI frontend (headless Chromium) and compares each
-node's widgets and links with the API-format twin. argv: SERVER_URL WORKFLOWS_DIR [SCREENSHOT_DIR].
+node's widgets and links with the API-format twin. argv: SERVER_URL UI_DIR API_DIR [SCREENSHOT_DIR].
 Prints one line per workflow; run by tests/test_comfyui.py when Chromium and Playwright are present."""
 import glob
 import json
@@ -8,7 +8,7 @@ import sys
 
 from playwright.sync_api import sync_playwright
 
-url, wfdir = sys.argv[1], sys.argv[2]
+url, wfdir, apidir = sys.argv[1], sys.argv[2], sys.argv[3]
 with sync_playwright() as p:
     b = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"])
     page = b.new_page(viewport={"width": 1800, "height": 1100})
@@ -22,7 +22,7 @@ with sync_playwright() as p:
     errors.clear()  # the frontend's own start-up noise
     for path in sorted(glob.glob(os.path.join(wfdir, "*.json"))):
         wf = json.load(open(path))
-        api = json.load(open(os.path.join(wfdir, "api", os.path.basename(path)[:-5] + "_api.json")))
+        api = json.load(open(os.path.join(apidir, os.path.basename(path)[:-5] + "_api.json")))
         res = page.evaluate("""async (wf) => {
             await window.app.loadGraphData(wf);
             const g = window.app.graph;
@@ -47,7 +47,7 @@ with sync_playwright() as p:
         page.evaluate("() => window.app.canvas.ds && (window.app.canvas.ds.scale = 0.5, window.app.canvas.ds.offset = [0, 0], window.app.graph.setDirtyCanvas(true, true))")
         page.wait_for_timeout(800)
         print(os.path.basename(path), len(res), "nodes;", "problems:", problems or "none", "errors:", errors); errors.clear()
-        if len(sys.argv) > 3:
-            page.screenshot(path=os.path.join(sys.argv[3], os.path.basename(path)[:-5] + ".png"))
+        if len(sys.argv) > 4:
+            page.screenshot(path=os.path.join(sys.argv[4], os.path.basename(path)[:-5] + ".png"))
     print("page errors:", errors[:5])
     b.close()

@@ -16,7 +16,7 @@ from conftest import COMFYUI_DIR, ROOT, requires_comfyui
 from conftest import COMFYUI_PYTHON as PYTHON
 from media import media_path
 
-UI_FILES = glob.glob(os.path.join(ROOT, "workflows", "*.json"))
+UI_FILES = glob.glob(os.path.join(ROOT, "example_workflows", "*.json"))
 
 pytestmark = requires_comfyui
 
@@ -115,19 +115,19 @@ def shipped(name="fantasyportrait_single", size=(64, 64), length=9, sets=(), chu
     return shipped_path(name), items + [f"{n}.{k}={v}" for n, k, v in sets]
 
 
-def run_cli(server, workflow, out, image=None, videos=None, private=False):
+def run_cli(server, workflow, out, image=None, videos=None, private=False, examples=False):
     """``fantasyportrait run`` on (path, --set items) against the test server, or with no --server (a
-    private ComfyUI on the test server's models)."""
+    private ComfyUI on the test server's models); ``examples``: with no --image/--video (the pack's examples)."""
     path, sets = workflow
-    videos = videos or [media_path("jgz.mp4")]
+    inputs = [] if examples else ["--image", image or media_path("man.jpeg"),
+                                  *sum((["--video", v] for v in videos or [media_path("jgz.mp4")]), [])]
     where = (["--comfyui", COMFYUI_DIR, "--comfyui-python", PYTHON, "--comfyui-arg=--cpu",
               "--comfyui-arg=--disable-api-nodes", "--comfyui-arg=--use-pytorch-cross-attention",
               "--comfyui-arg=--base-directory", f"--comfyui-arg={server['tmp'] / 'base'}"] if private
              else ["--server", server["url"]])
     return subprocess.run([sys.executable, "-m", "fantasyportrait_tools", "run", *where, "--workflow", path,
-                           *sum((["--set", item] for item in sets), []),
-                           "--image", image or media_path("man.jpeg"),
-                           *sum((["--video", v] for v in videos), []), "--out", str(out), "--timeout", "300"],
+                           *sum((["--set", item] for item in sets), []), *inputs, "--out", str(out),
+                           "--timeout", "300"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
@@ -173,6 +173,23 @@ def test_shipped_workflows_run_against_a_server(server, name):
     check_video(out, *expect)
 
 
+def test_run_with_no_inputs_animates_the_packs_examples(server):
+    """``fantasyportrait run`` with no --image/--video: the shipped two-driver graph animates the example portrait
+    of two people with the two example clips, uploaded under their example names (a user's own portrait.jpg in
+    ComfyUI's input folder is never overwritten)."""
+    out = server["tmp"] / "examples.mp4"
+    proc = run_cli(server, shipped("fantasyportrait_people_from_videos", size=(96, 64)), out, examples=True)
+    assert proc.returncode == 0, proc.stderr[-3000:] + server["log"].read_text()[-3000:]
+    assert "no --image or --video given: using the pack's example two_people.jpg, driver.mp4, driver_2.mp4 (from " \
+           f"{os.path.join(ROOT, 'examples')})" in proc.stderr
+    check_video(out, (96, 64), 9, 25.0, False)  # 16 fps clips retimed to 25 fps by the multi-person graph; no audio
+    uploaded = server["tmp"] / "base" / "input"
+    for name in ("two_people.jpg", "driver.mp4", "driver_2.mp4"):
+        assert (uploaded / f"fantasyportrait_example_{name}").read_bytes() == \
+            open(os.path.join(ROOT, "examples", name), "rb").read()
+    assert not (uploaded / "two_people.jpg").exists()
+
+
 def test_a_bad_frame_count_is_refused_when_the_prompt_is_queued(server):
     """Encode's num_frames 20 (not 4k+1) through the HTTP API: /prompt refuses the workflow, naming the node and
     the values to use, before any node runs (no face tracking first)."""
@@ -195,7 +212,8 @@ def test_ui_workflows_load_in_the_real_frontend(server):
     if not chromium or probe.returncode:
         pytest.skip("needs /usr/bin/chromium and playwright + comfyui-frontend-package in COMFYUI_PYTHON")
     proc = subprocess.run([PYTHON, os.path.join(ROOT, "tests", "comfy_ui_check.py"), server["url"],
-                           os.path.join(ROOT, "workflows")], capture_output=True, text=True, timeout=300)
+                           os.path.join(ROOT, "example_workflows"), os.path.join(ROOT, "workflows", "api")],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.endswith("problems: none errors: []")]
     assert len(lines) == len(UI_FILES), proc.stdout

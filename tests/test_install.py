@@ -11,7 +11,7 @@ import pytest
 
 from conftest import ROOT
 
-SOURCES = ("pyproject.toml", "README.md", "fantasyportrait_core", "fantasyportrait_tools", "workflows")
+SOURCES = ("pyproject.toml", "README.md", "fantasyportrait_core", "fantasyportrait_tools", "workflows", "examples")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_every_package_of_the_tree_is_in_the_wheel():
         listed = set(tomllib.load(fh)["tool"]["setuptools"]["packages"])
     found = {os.path.relpath(d, ROOT).replace(os.sep, ".") for top in ("fantasyportrait_core", "fantasyportrait_tools")
              for d, _, files in os.walk(os.path.join(ROOT, top)) if "__init__.py" in files}
-    assert listed == found | {"fantasyportrait_tools.workflows"}
+    assert listed == found | {"fantasyportrait_tools.workflows", "fantasyportrait_tools.examples"}
 
 
 def test_the_wheel_holds_the_tools_and_the_shipped_workflows(installed):
@@ -61,6 +61,17 @@ def test_the_wheel_holds_the_tools_and_the_shipped_workflows(installed):
     with open(workflow, "rb") as fh, open(os.path.join(ROOT, "workflows", "api", "fantasyportrait_single_api.json"),
                                           "rb") as ours:
         assert fh.read() == ours.read()
+    # the example inputs too: run with no --image/--video animates them after a normal install
+    found = subprocess.run([python, "-c", "from fantasyportrait_tools.example_inputs import for_workflow; "
+                            "image, videos = for_workflow('people_from_videos'); print(image, *videos)"],
+                           capture_output=True, text=True, cwd=tmp, timeout=60)
+    assert found.returncode == 0, found.stderr
+    files = found.stdout.split()
+    assert [os.path.basename(f) for f in files] == ["two_people.jpg", "driver.mp4", "driver_2.mp4"]
+    for f in files:
+        assert f.startswith(pack_dir)
+        with open(f, "rb") as fh, open(os.path.join(ROOT, "examples", os.path.basename(f)), "rb") as ours:
+            assert fh.read() == ours.read()
     script = tmp / "venv" / "bin" / "fantasyportrait"
     shown = subprocess.run([str(script), "run", "--help"], capture_output=True, text=True, cwd=tmp, timeout=60)
     assert shown.returncode == 0 and "usage: fantasyportrait run" in shown.stdout, shown.stderr
@@ -130,6 +141,27 @@ def test_install_py_adds_onnx_runtime_only_where_none_is_installed(monkeypatch, 
     else:
         assert calls == [[sys.executable, "-m", "pip", "install", installs]]
     assert script.main(["--dry-run"]) == 0 and len(calls) == (0 if installs is None else 1)  # dry run: no pip
+
+
+def test_install_py_copies_the_examples_into_comfyuis_input_folder(tmp_path):
+    """Installed by the Manager (or comfy-cli, or setup), install.py copies the example inputs into ComfyUI's input
+    folder under the names the shipped templates load; a file of that name already there is left alone."""
+    comfy = tmp_path / "ComfyUI"
+    (comfy / "input").mkdir(parents=True)
+    (comfy / "main.py").write_text("")
+    pack = comfy / "custom_nodes" / "ComfyUI-FantasyPortrait"
+    shutil.copytree(ROOT, pack, ignore=shutil.ignore_patterns(".git", "__pycache__", "tests", "benchmarks"))
+    (comfy / "input" / "fantasyportrait_example_driver.mp4").write_bytes(b"the user's own")
+    done = subprocess.run([sys.executable, str(pack / "install.py")], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(comfy / "input")) == [f"fantasyportrait_example_{n}" for n in (
+        "driver.mp4", "driver_2.mp4", "portrait.jpg", "two_people.jpg", "two_people_driver.mp4")]
+    assert (comfy / "input" / "fantasyportrait_example_driver.mp4").read_bytes() == b"the user's own"
+    assert (comfy / "input" / "fantasyportrait_example_portrait.jpg").read_bytes() == \
+        (pack / "examples" / "portrait.jpg").read_bytes()
+    again = subprocess.run([sys.executable, str(pack / "install.py")], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "examples: copied" not in again.stdout, again.stdout
 
 
 def test_a_pack_in_comfyui_portables_layout_finds_its_comfyui_and_python(tmp_path):

@@ -97,7 +97,11 @@ def test_files_land_where_comfyui_reads_them_and_a_second_run_downloads_nothing(
     assert (pack / "__init__.py").is_file() and (pack / "workflows" / "api").is_dir() and not (pack / ".git").exists()
     assert "to download: 8 file(s)" in err and "free disk:" in err
     assert f"requirements: installing into {comfy[1]} (torch " in err  # pip ran, ComfyUI's torch held
-    assert f"fantasyportrait run --comfyui {root} --workflow {pack}" in err
+    # install.py put the example inputs where the shipped templates load them; setup says how to animate them
+    for name in ("portrait.jpg", "driver.mp4", "two_people.jpg", "two_people_driver.mp4", "driver_2.mp4"):
+        assert (root / "input" / f"fantasyportrait_example_{name}").read_bytes() == \
+            (pack / "examples" / name).read_bytes()
+    assert f"fantasyportrait run --comfyui {root} --out fantasyportrait.mp4\n" in err
     gets = len(hub.gets)
     assert gets == 8
     assert setup(comfy) == 0

@@ -29,7 +29,7 @@ def pack_nodes():
 
 KNOWN = {**CORE, **pack_nodes()}
 API_FILES = sorted(glob.glob(os.path.join(WF, "api", "*_api.json")))
-UI_FILES = sorted(glob.glob(os.path.join(WF, "*.json")))
+UI_FILES = sorted(glob.glob(os.path.join(ROOT, "example_workflows", "*.json")))
 
 
 def test_there_are_workflows_in_both_formats():
@@ -84,7 +84,7 @@ def test_formats_agree_and_builder_is_current(tmp_path):
     subprocess.run([sys.executable, os.path.join(WF, "build_workflows.py"), str(tmp_path)], check=True,
                    capture_output=True)
     for p in API_FILES + UI_FILES:
-        built = tmp_path / os.path.relpath(p, WF)
+        built = tmp_path / os.path.relpath(p, ROOT)
         assert open(p).read() == built.read_text(), f"{p} is not what build_workflows.py writes: run it"
 
 

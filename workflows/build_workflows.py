@@ -1,10 +1,10 @@
 """Writes the shareable workflows in both formats from one description.
 
-    python workflows/build_workflows.py [OUT_DIR]   (default: this folder)
+    python workflows/build_workflows.py [ROOT]   (default: the pack's folder)
 
-UI format (``workflows/*.json``: drag and drop, also listed in ComfyUI's template browser) and API
+UI format (``example_workflows/*.json``: drag and drop, also listed in ComfyUI's template browser) and API
 format (``workflows/api/*_api.json``: for ``/prompt`` and ``fantasyportrait run``). Model file names
-are the ones the README lists.
+are the ones the README lists; the inputs are the pack's examples.
 """
 
 import json
@@ -12,10 +12,12 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))  # the pack's own model list (fantasyportrait_tools.setup)
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)  # the pack's own model list (fantasyportrait_tools.setup) and example inputs
 sys.path.insert(0, HERE)
 
 from node_defs import NODE_DEFS, OPTIONAL, UI_EXTRA_WIDGETS  # noqa: E402 (the node table, beside this file)
+from fantasyportrait_tools import example_inputs  # noqa: E402 (the pack's example inputs)
 
 #: the stages the UI graphs are laid out and grouped by (one band each, top to bottom), and their node types
 STAGES = [
@@ -317,20 +319,40 @@ WORKFLOWS = {
 }
 
 
-def main(out_dir=HERE):
-    os.makedirs(os.path.join(out_dir, "api"), exist_ok=True)
+def with_examples(name, graph):
+    """The graph loading the pack's example inputs (as ``fantasyportrait setup`` and ``install.py`` copy them into
+    ComfyUI's input folder), its LoadVideo nodes in node-id order as the runner fills them."""
+    image, videos = example_inputs.BY_WORKFLOW[name]
+    videos = iter(videos)
+    out = []
+    for i, c, t, v in graph:
+        if c == "LoadImage":
+            v = {**v, "image": example_inputs.PREFIX + image}
+        elif c == "LoadVideo":
+            v = {**v, "file": example_inputs.PREFIX + next(videos)}
+        out.append((i, c, t, v))
+    return out
+
+
+def main(root=ROOT):
+    """UI graphs into ``example_workflows/`` (the template browser's folder: ComfyUI serves a pack's templates
+    from the first of example_workflows, example, examples, workflow, workflows that exists, and the pack's
+    example inputs live in ``examples/``), API graphs into ``workflows/api/``."""
+    ui_dir, api_dir = os.path.join(root, "example_workflows"), os.path.join(root, "workflows", "api")
+    os.makedirs(ui_dir, exist_ok=True)
+    os.makedirs(api_dir, exist_ok=True)
     for name, build in WORKFLOWS.items():
-        graph = build()
-        with open(os.path.join(out_dir, f"{name}.json"), "w") as fh:
+        graph = with_examples(name, sorted(build(), key=lambda n: n[0]))
+        with open(os.path.join(ui_dir, f"{name}.json"), "w") as fh:
             json.dump(to_ui(graph), fh, indent=1)
             fh.write("\n")
-        with open(os.path.join(out_dir, "api", f"{name}_api.json"), "w") as fh:
+        with open(os.path.join(api_dir, f"{name}_api.json"), "w") as fh:
             json.dump(to_api(graph), fh, indent=1)
             fh.write("\n")
-        print(f"wrote {name}.json and api/{name}_api.json in {out_dir}")
+        print(f"wrote example_workflows/{name}.json and workflows/api/{name}_api.json in {root}")
 
 
 if __name__ == "__main__":
     import sys
 
-    main(sys.argv[1] if len(sys.argv) > 1 else HERE)
+    main(sys.argv[1] if len(sys.argv) > 1 else ROOT)

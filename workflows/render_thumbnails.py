@@ -1,7 +1,8 @@
-"""Renders the template browser's thumbnails of the shipped UI workflows (``workflows/<name>.jpg``): each graph
+"""Renders the template browser's thumbnails of the shipped UI workflows (``example_workflows/<name>.jpg``): each graph
 loaded into ComfyUI's real frontend (headless Chromium through Playwright), fitted to the view, 512 px wide.
 
-    python workflows/render_thumbnails.py SERVER_URL [OUT_DIR]   (a running ComfyUI with the pack; default: here)
+    python workflows/render_thumbnails.py SERVER_URL [OUT_DIR]   (a running ComfyUI with the pack; default:
+    the pack's example_workflows/)
 """
 
 import base64
@@ -11,7 +12,7 @@ import json
 import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "example_workflows")
 WIDTH, HEIGHT = 1280, 800  # the view each graph is fitted into (the thumbnail is this, scaled to 512 px wide)
 
 FIT = """() => {
@@ -27,7 +28,7 @@ FIT = """() => {
 }"""
 
 
-def main(url, out_dir=HERE):
+def main(url, out_dir=TEMPLATES):
     from PIL import Image
     from playwright.sync_api import sync_playwright
 
@@ -39,7 +40,7 @@ def main(url, out_dir=HERE):
         page.goto(url)
         page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=60000)
         page.wait_for_timeout(3000)
-        for path in sorted(glob.glob(os.path.join(HERE, "*.json"))):
+        for path in sorted(glob.glob(os.path.join(TEMPLATES, "*.json"))):
             with open(path) as fh:
                 page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", json.load(fh))
             page.wait_for_timeout(800)
@@ -55,4 +56,4 @@ def main(url, out_dir=HERE):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else HERE)
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else TEMPLATES)
