@@ -19,7 +19,7 @@ import time
 from fantasyportrait_core.errors import FantasyPortraitError
 from fantasyportrait_core.sizing import RESOLUTIONS
 
-from .model_commands import cmd_encode, cmd_extract
+from .model_commands import cmd_encode, cmd_eval, cmd_extract
 
 
 def _positive_float(text: str) -> float:
@@ -122,6 +122,44 @@ def build_parser() -> argparse.ArgumentParser:
                      help="what to do when F is not 4k+1: refuse (default), trim to the largest 4k+1 "
                           "(released behaviour) or pad by repeating the last frame")
     enc.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu or cuda (default cpu)")
+
+    ev = _command(sub, "eval", cmd_eval,
+        help="check how well an output video follows its driving video(s): the motion-fidelity report",
+        description=(
+            "Track the faces of the output and of its driver(s) with the released face models, extract their "
+            "PD-FGC features and compare the motion, relative to the first frame so identity does not count: per "
+            "face head_pose_error, eye_error, expression_error, mouth_open_corr, jitter, the best time offset and "
+            "the motion correlation; the leakage matrix between faces and drivers; with --reference (a "
+            "self-reenactment's real clip) the paper's lmd, PSNR and SSIM; with --portrait and --insightface, "
+            "ArcFace identity similarity. Output faces are matched to drivers left to right (or by --mapping); "
+            "drivers are retimed to the output's frame rate."
+        ),
+    )
+    ev.add_argument("--models", required=True, metavar="DIR",
+                    help="folder holding the released face_det.onnx, face_landmark.onnx and pd_fpg.pth (as for extract)")
+    ev.add_argument("--output", required=True, metavar="OUT.mp4", help="the animated video to check")
+    ev.add_argument("--driver", action="append", required=True, metavar="D.mp4",
+                    help="driving video; repeat for one per person (persons are taken in order, each clip's left to "
+                         "right)")
+    ev.add_argument("--driver-start", type=int, default=0, metavar="N",
+                    help="the driving frame the output's first frame was made from (Face Tracker's start_frame; "
+                         "counted at the output's frame rate)")
+    ev.add_argument("--mapping", metavar="2,1", help="which driver person drives each output face, left to right "
+                                                    "(as Multi-Portrait Combine's mapping); default in order")
+    ev.add_argument("--reference", metavar="REF.mp4",
+                    help="ground truth of a self-reenactment (its first frame was the portrait): adds lmd, PSNR, SSIM")
+    ev.add_argument("--portrait", metavar="P.png", help="the portrait image, for identity similarity")
+    ev.add_argument("--insightface", metavar="DIR",
+                    help="local folder with insightface's ArcFace model (w600k_r50.onnx of buffalo_l) for identity "
+                         "similarity; without it identity is reported as absent")
+    ev.add_argument("--json", metavar="REPORT.json", help="write the whole report (every number and curve) as JSON")
+    ev.add_argument("--plot", metavar="REPORT.png", help="write the report's picture: curves per face and the "
+                                                         "leakage matrix")
+    ev.add_argument("--max-offset", type=int, metavar="N",
+                    help="largest time offset (frames) searched (default: a third of the clip, at most 15)")
+    ev.add_argument("--min-face", type=float, default=96, metavar="PX", help="smallest face kept (as for extract)")
+    ev.add_argument("--motion-encoder", metavar="FILE", help="PD-FGC weights instead of DIR/pd_fpg.pth")
+    ev.add_argument("--device", default="cpu", help="torch device for the motion encoder (default cpu)")
 
     run = _command(sub, "run", _cmd_run,
         help="run an API-format workflow on a ComfyUI server and download the video",

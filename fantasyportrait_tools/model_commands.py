@@ -1,4 +1,4 @@
-"""The commands that run the model core (``extract``, ``encode``): they import torch, numpy and OpenCV when they
+"""The commands that run the model core (``extract``, ``encode``, ``eval``): they import torch, numpy and OpenCV when they
 run, and say what to install when one is missing; the rest of the command line never imports them."""
 
 from __future__ import annotations
@@ -162,4 +162,38 @@ def cmd_encode(args) -> int:
     save_file({"tokens": embeds.tokens.cpu().contiguous(), "windows": embeds.windows.cpu().contiguous()},
               args.out, metadata=metadata)
     print(f"wrote {args.out}: tokens {tuple(embeds.tokens.shape)}, windows {tuple(embeds.windows.shape)}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    need_model_core("eval")
+    import torch
+
+    from fantasyportrait_core.evaluation.clips import check_files
+    from fantasyportrait_core.evaluation.report import summary
+    from fantasyportrait_core.motion.extraction import load_face_models
+
+    models = load_face_models(args.models, motion=args.motion_encoder)
+    try:
+        models.motion_encoder.to(torch.device(args.device))
+    except (RuntimeError, AssertionError) as exc:
+        raise FantasyPortraitError(f"Cannot use device {args.device!r}: {exc}") from exc
+    report = check_files(models, args.output, args.driver, args.driver_start, args.mapping or "", args.reference,
+                         args.portrait, args.insightface, args.max_offset, args.min_face,
+                         progress=progress_printer("the output: tracking and encoding"))
+    print(summary(report))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=1)
+        print(f"wrote {args.json}", file=sys.stderr)
+    if args.plot:
+        import cv2
+
+        from fantasyportrait_core.evaluation.plot import draw_report
+
+        os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
+        if not cv2.imwrite(args.plot, draw_report(report)[..., ::-1]):
+            raise FantasyPortraitError(f"Cannot write the plot {args.plot} (use a .png name).")
+        print(f"wrote {args.plot}", file=sys.stderr)
     return 0

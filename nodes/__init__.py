@@ -9,10 +9,11 @@ pack's socket types and helpers. Per-node documentation: ``web/docs/<node id>.md
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import nodes_embeds, nodes_faces, nodes_loaders, nodes_long, nodes_motion, nodes_sampling, nodes_size
+from . import (nodes_check, nodes_embeds, nodes_faces, nodes_loaders, nodes_long, nodes_motion, nodes_sampling,
+               nodes_size)
 
 NODES: list[type[io.ComfyNode]] = [node for family in (nodes_loaders, nodes_faces, nodes_motion, nodes_embeds,
-                                                       nodes_size, nodes_sampling, nodes_long)
+                                                       nodes_size, nodes_sampling, nodes_long, nodes_check)
                                    for node in family.NODES]
 
 

@@ -14,7 +14,7 @@ FAMILIES = {"FantasyPortraitModelLoader": "loaders", "FantasyPortraitFaceModelLo
             "FantasyPortraitMotionControl": "motion", "FantasyPortraitEncode": "embeds",
             "FantasyPortraitMultiCombine": "embeds", "FantasyPortraitOutputSize": "embeds",
             "FantasyPortraitApply": "sampling", "FantasyPortraitGuider": "sampling", "FantasyPortraitSampler": "sampling",
-            "FantasyPortraitLongVideo": "sampling"}
+            "FantasyPortraitLongVideo": "sampling", "FantasyPortraitMotionCheck": "check"}
 
 #: ``--set`` overrides pointing a shipped workflow at the tiny test models (tests/comfy_models.py), by node class
 TINY_MODELS = ["UNETLoader.unet_name=tiny_wan_i2v.safetensors", "CLIPLoader.clip_name=fp_test_umt5.safetensors",

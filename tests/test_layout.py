@@ -11,7 +11,7 @@ from conftest import ROOT
 CORE = os.path.join(ROOT, "fantasyportrait_core")
 #: stage of each top-level module or subpackage, in data-flow order
 STAGES = {"errors": 0, "weights": 0, "video": 1, "faces": 2, "motion": 3, "tokens": 4, "branch": 5, "sizing": 5,
-          "longvideo": 6, "__init__": 7}
+          "longvideo": 6, "evaluation": 6, "__init__": 7}
 TOOLS = os.path.join(ROOT, "fantasyportrait_tools")
 
 

@@ -178,15 +178,17 @@ def test_sizes_come_from_the_portrait_in_every_workflow():
 
 @pytest.mark.parametrize("path", UI_FILES, ids=os.path.basename)
 def test_ui_workflows_read_like_templates(path):
-    """Groups per stage (models, inputs, motion, sampling, output) around exactly their nodes, and a note with every
-    model file, its folder and its link (the pack's own list, as setup downloads it)."""
+    """Groups per stage (models, inputs, motion, sampling, output; and the motion check where a graph has one)
+    around exactly their nodes, and a note with every model file, its folder and its link (the pack's own list, as
+    setup downloads it)."""
     sys.path.insert(0, ROOT)
     from fantasyportrait_tools.setup import model_files
 
     with open(path) as fh:
         ui = json.load(fh)
     titles = [g["title"].split(":")[0] for g in ui["groups"]]
-    assert titles == ["Models", "Inputs", "Motion", "Sampling", "Output"]
+    checks = any(n["type"] == "FantasyPortraitMotionCheck" for n in ui["nodes"])
+    assert titles == ["Models", "Inputs", "Motion", "Sampling", "Output"] + (["Check"] if checks else [])
     for node in ui["nodes"]:
         if node["type"] == "Note":
             continue

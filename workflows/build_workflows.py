@@ -27,12 +27,14 @@ STAGES = [
         "LoadImage", "LoadVideo", "CLIPTextEncode", "CLIPVisionEncode", "FantasyPortraitOutputSize")),
     ("Motion: faces, expression features, tokens", "#553", (
         "FantasyPortraitFaceTracker", "FantasyPortraitExpressionExtractor", "FantasyPortraitMotionControl",
-        "FantasyPortraitEncode", "FantasyPortraitMultiCombine", "PreviewImage")),
+        "FantasyPortraitEncode", "FantasyPortraitMultiCombine")),
     ("Sampling: Wan 2.1 I2V with the portrait", "#535", (
         "WanImageToVideo", "FantasyPortraitSampler", "FantasyPortraitLongVideo", "FantasyPortraitApply", "FantasyPortraitGuider", "RandomNoise",
         "KSamplerSelect", "BasicScheduler", "SamplerCustomAdvanced")),
     ("Output: the video with the driving audio", "#355", ("VAEDecode", "CreateVideo", "SaveVideo")),
+    ("Check: does the output follow its driver?", "#345", ("FantasyPortraitMotionCheck",)),
 ]
+PREVIEWS = ("PreviewImage", "PreviewAny")  # shown in the stage of the node they preview
 NOTE_ID = 99  # the model-files note (a frontend-only node: it has no API twin)
 
 NEGATIVE = ("bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
@@ -129,6 +131,12 @@ def custom_sampling():
         (56, "BasicScheduler", None, {"model": (52, 0), "scheduler": "simple", "steps": 30, "denoise": 1.0}),
         (57, "SamplerCustomAdvanced", None, {"noise": (54, 0), "guider": (53, 0), "sampler": (55, 0),
                                              "sigmas": (56, 0), "latent_image": (18, 2)}),
+        # the check: how closely the render follows the driver as driven (the head pose shows the 70 % calming)
+        (58, "FantasyPortraitMotionCheck", "Motion check: the render against its driver", {
+            "face_models": (12, 0), "driver": (15, 0), "images": (20, 0), "fps": 0.0, "mapping": "",
+            "max_offset": 15, "insightface_dir": ""}),
+        (59, "PreviewImage", "Motion check: curves and leakage", {"images": (58, 1)}),
+        (62, "PreviewAny", "Motion check: report", {"source": (58, 0)}),
     ]
     base = [n for n in common((17, 0), (17, 1), (17, 2), (13, 4)) if n[1] != "FantasyPortraitSampler"]
     base = [(i, c, t, {**v, "samples": (57, 0)} if c == "VAEDecode" else v) for i, c, t, v in base]
@@ -221,6 +229,8 @@ def to_ui(graph):
             if isinstance(v, tuple):
                 link_id = len(links) + 1
                 in_type = next(t for n, t, _ in NODE_DEFS[ctype][0] if n == name)
+                if in_type == "*":  # an input of any type: the link carries the type of what is connected
+                    in_type = NODE_DEFS[next(c for i, c, _, _ in graph if i == v[0])][1][v[1]][1]
                 links.append([link_id, v[0], v[1], node_id, name, in_type])
                 outputs_links.setdefault((v[0], v[1]), []).append(link_id)
     # lay nodes out in columns by their distance from the loaders, so the graph reads left to right
@@ -233,10 +243,18 @@ def to_ui(graph):
         return depth[node_id]
 
     # one band per stage, top to bottom; inside a band, columns by depth
-    stage_of = {ctype: k for k, (_, _, types) in enumerate(STAGES) for ctype in types}
+    stage_of_type = {ctype: k for k, (_, _, types) in enumerate(STAGES) for ctype in types}
+    by_id = {node_id: (ctype, values) for node_id, ctype, _, values in graph}
+
+    def stage_of(node_id):
+        ctype, values = by_id[node_id]
+        if ctype in PREVIEWS:
+            return stage_of(next(v[0] for v in values.values() if isinstance(v, tuple)))
+        return stage_of_type[ctype]
+
     positions, groups, top = {}, [], 60
     for k, (title, colour, _) in enumerate(STAGES):
-        members = [(node_id, ctype) for node_id, ctype, _, _ in graph if stage_of[ctype] == k]
+        members = [(node_id, ctype) for node_id, ctype, _, _ in graph if stage_of(node_id) == k]
         if not members:
             continue
         column_y = {}

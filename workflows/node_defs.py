@@ -94,6 +94,14 @@ NODE_DEFS = {
                                   ("colour_match", "COMBO", True), ("fps", "FLOAT", True),
                                   ("clip_vision_output", "CLIP_VISION_OUTPUT", False), ("audio", "AUDIO", False)],
                                  [("video", "VIDEO"), ("num_frames", "INT")]),
+    "FantasyPortraitMotionCheck": ([("face_models", "FANTASYPORTRAIT_FACE_MODELS", False),
+                                    ("driver", "FANTASYPORTRAIT_FEATURES", False), ("images", "IMAGE", False),
+                                    ("video", "VIDEO", False)]
+                                   + [(f"driver_{k}", "FANTASYPORTRAIT_FEATURES", False) for k in (2, 3, 4)]
+                                   + [("fps", "FLOAT", True), ("mapping", "STRING", True), ("max_offset", "INT", True),
+                                      ("portrait", "IMAGE", False), ("insightface_dir", "STRING", True)],
+                                   [("report", "STRING"), ("plot", "IMAGE"), ("report_json", "STRING")]),
+    "PreviewAny": ([("source", "*", False)], []),
     "SamplerCustomAdvanced": ([("noise", "NOISE", False), ("guider", "GUIDER", False), ("sampler", "SAMPLER", False),
                                ("sigmas", "SIGMAS", False), ("latent_image", "LATENT", False)],
                               [("output", "LATENT"), ("denoised_output", "LATENT")]),
@@ -107,7 +115,10 @@ OPTIONAL = {("FantasyPortraitMultiCombine", "embeds_3"), ("FantasyPortraitMultiC
             ("FantasyPortraitFaceTracker", "start_frame"), ("FantasyPortraitFaceTracker", "length"),
             ("FantasyPortraitFaceTracker", "fps"),
             ("FantasyPortraitExpressionExtractor", "fps"), ("FantasyPortraitLongVideo", "clip_vision_output"),
-            ("FantasyPortraitLongVideo", "audio")}
+            ("FantasyPortraitLongVideo", "audio")} | {
+            ("FantasyPortraitMotionCheck", name) for name in ("images", "video", "driver_2", "driver_3", "driver_4",
+                                                               "fps", "mapping", "max_offset", "portrait",
+                                                               "insightface_dir")}
 # widgets the frontend adds after a given widget (upload buttons, seed control)
 UI_EXTRA_WIDGETS = {("LoadImage", "image"): "image", ("FantasyPortraitSampler", "seed"): "fixed",
                     ("FantasyPortraitLongVideo", "seed"): "fixed",
