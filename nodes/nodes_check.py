@@ -79,7 +79,7 @@ class FantasyPortraitMotionCheck(io.ComfyNode):
         import time
 
         from ..fantasyportrait_core.evaluation.clips import add_identity, at_fps
-        from ..fantasyportrait_core.evaluation.plot import draw_report
+        from ..fantasyportrait_core.evaluation.plot import draw_message, draw_report
         from ..fantasyportrait_core.evaluation.report import evaluate, summary
         from ..fantasyportrait_core.motion.extraction import extract_features, frames_to_uint8
         from .managed import load_managed, managed_module
@@ -94,13 +94,20 @@ class FantasyPortraitMotionCheck(io.ComfyNode):
         encoder, _ = load_managed(managed_module(face_models, "motion_encoder", lambda: face_models.motion_encoder,
                                                  face_models.device))
         models = dataclasses.replace(face_models, motion_encoder=encoder)
-        out = extract_features(frames, models, source="the output frames", fps=rate,
-                               progress=Progress(3 * len(frames)))
-        names = [f"driver {k + 1}" if len(drivers) > 1 else "the driver" for k in range(len(drivers))]
-        report = evaluate(out, drivers, names, mapping, max_offset=min(max_offset, len(frames) // 3))
+        try:
+            out = extract_features(frames, models, source="the output frames", fps=rate,
+                                   progress=Progress(3 * len(frames)))
+            names = [f"driver {k + 1}" if len(drivers) > 1 else "the driver" for k in range(len(drivers))]
+            report = evaluate(out, drivers, names, mapping, max_offset=min(max_offset, len(frames) // 3))
+            image = None if portrait is None else frames_to_uint8(portrait[:1])[0]
+            add_identity(report, frames, out, image, models, insightface_dir.strip() or None)
+        except FantasyPortraitError as exc:
+            # what the output holds (no face, other faces than drivers): said in the report, never failing the
+            # prompt after the render it checks (wiring mistakes above still stop it)
+            text = f"FantasyPortrait motion check: not measured. {exc}"
+            log.warning("%s", text)
+            return io.NodeOutput(text, to_image(draw_message(text))[None], json.dumps({"error": str(exc)}))
         report["notes"] += [f"driver {k} was retimed to the output's {rate:g} fps" for k in retimed]
-        image = None if portrait is None else frames_to_uint8(portrait[:1])[0]
-        add_identity(report, frames, out, image, models, insightface_dir.strip() or None)
         report["seconds"] = time.perf_counter() - started
         report["seconds_per_frame"] = report["seconds"] / max(report["frames"], 1)
         text = summary(report)

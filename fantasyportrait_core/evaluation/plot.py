@@ -81,3 +81,14 @@ def draw_report(report: dict) -> np.ndarray:
                 f"head roll, degrees  (best offset {p['offset']} frames)")
     _heatmap(img, (PAD, PAD + len(persons) * (ROW + PAD), WIDTH - PAD, img.shape[0] - PAD), report["leakage"])
     return img
+
+
+def draw_message(text: str, width: int = WIDTH) -> np.ndarray:
+    """A picture of a message (why a check could not be measured), wrapped to the width."""
+    import textwrap
+
+    lines = textwrap.wrap(text, 110)
+    img = np.full((2 * PAD + 20 * len(lines), width, 3), 255, np.uint8)
+    for k, line in enumerate(lines):
+        _text(img, line, (PAD, PAD + 14 + 20 * k))
+    return img
