@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..fantasyportrait_core.errors import FantasyPortraitError, require_finite
 from .common import DEFAULT_FPS, FaceModelsIO, FeaturesIO, Progress, log, node_schema, output, to_image
-from .nodes_faces import _video_source
+from .nodes_faces import video_source
 
 DRIVERS = 4
 
@@ -19,7 +19,7 @@ def _output_frames(images, video, fps: float):
     from ..fantasyportrait_core.video import DrivingFrames
 
     if video is not None:
-        stream = _video_source(video)
+        stream = video_source(video)
         if stream is not None:
             source, window, crop = stream
             frames = DrivingFrames(source, 0, 0, None, name="the output video", window=window, crop=crop)

@@ -18,7 +18,7 @@ LENGTH_MAX = 100_001  # frames of a driving window (4k+1): over an hour at 25 fp
 PREVIEW_FRAMES = 121  # the IMAGE previews of a longer clip show this many frames, spread over it
 
 
-def _video_source(video):
+def video_source(video):
     """A VIDEO read from a file (Load Video, Trim Video, Crop Video) -> what DrivingFrames streams: the file
     (a path or a BytesIO, as PyAV opens it), its trim window and its crop; None for any other VIDEO (e.g.
     Create Video's, made from frames), whose frames the host decodes itself (``get_components``).
@@ -115,7 +115,7 @@ class FantasyPortraitFaceTracker(io.ComfyNode):
         check_clip_length(length, "length")
         audio, rate, source = None, DEFAULT_FPS, None
         if video is not None:
-            stream = _video_source(video)
+            stream = video_source(video)
             if stream is not None:
                 source, window, crop = stream
                 frames = DrivingFrames(source, start_frame, length, fps or None, name="the driving video",
