@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "right)")
     ev.add_argument("--driver-start", type=int, default=0, metavar="N",
                     help="the driving frame the output's first frame was made from (Face Tracker's start_frame; "
-                         "counted at the output's frame rate)")
+                         "counted at the output's frame rate; default 0)")
     ev.add_argument("--mapping", metavar="2,1", help="which driver person drives each output face, left to right "
                                                     "(as Multi-Portrait Combine's mapping); default in order")
     ev.add_argument("--reference", metavar="REF.mp4",
@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "leakage matrix")
     ev.add_argument("--max-offset", type=int, metavar="N",
                     help="largest time offset (frames) searched (default: a third of the clip, at most 15)")
-    ev.add_argument("--min-face", type=float, default=96, metavar="PX", help="smallest face kept (as for extract)")
+    ev.add_argument("--min-face", type=float, default=96, metavar="PX",
+                    help="smallest face kept (landmark box side, pixels), as for extract; default 96")
     ev.add_argument("--motion-encoder", metavar="FILE", help="PD-FGC weights instead of DIR/pd_fpg.pth")
     ev.add_argument("--device", default="cpu", help="torch device for the motion encoder (default cpu)")
 

@@ -177,6 +177,19 @@ def test_eval_command_retimes_the_driver_and_writes_json_and_plot(models_dir, jg
     assert image.shape[1] == 960 and image.std() > 10  # curves and the matrix drawn
 
 
+class ArcFaceShaped(torch.nn.Module):
+    """A 112x112 face in, a 64-number embedding out (random weights): the shape of insightface's ArcFace models."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.conv = torch.nn.Parameter(torch.randn(8, 3, 8, 8, generator=g) * 0.05)
+        self.fc = torch.nn.Parameter(torch.randn(64, 8 * 14 * 14, generator=g) * 0.05)
+
+    def forward(self, x):
+        return torch.nn.functional.linear(torch.nn.functional.conv2d(x, self.conv, stride=8).flatten(1), self.fc)
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.onnx.export's legacy exporter, for the test model
 def test_identity_similarity_with_an_arcface_model(models, jgz, tmp_path):
     """An ArcFace-shaped ONNX model (112x112 in, an embedding out; random weights) in a local folder: found, each
@@ -185,9 +198,7 @@ def test_identity_similarity_with_an_arcface_model(models, jgz, tmp_path):
     from fantasyportrait_core.evaluation.clips import add_identity, portrait_landmarks
     from fantasyportrait_core.evaluation.identity import ArcFace, find_arcface, five_points
 
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 8, stride=8), torch.nn.Flatten(), torch.nn.Linear(8 * 14 * 14, 64))
-    torch.manual_seed(0)
-    torch.onnx.export(net, torch.zeros(1, 3, 112, 112), str(tmp_path / "w600k_r50.onnx"), dynamo=False,
+    torch.onnx.export(ArcFaceShaped(), torch.zeros(1, 3, 112, 112), str(tmp_path / "w600k_r50.onnx"), dynamo=False,
                       input_names=["input.1"])
     assert find_arcface(str(tmp_path)) == str(tmp_path / "w600k_r50.onnx")
     (lmk,) = portrait_landmarks(jgz[0], models)
