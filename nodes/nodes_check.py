@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..fantasyportrait_core.errors import FantasyPortraitError, require_finite
 from .common import DEFAULT_FPS, FaceModelsIO, FeaturesIO, Progress, log, node_schema, output, to_image
-from .nodes_faces import video_source
+from .nodes_faces import streamed_frames
 
 DRIVERS = 4
 
@@ -16,13 +16,10 @@ DRIVERS = 4
 def _output_frames(images, video, fps: float):
     """The output's frames (streamed from the file for a VIDEO read from one) and their frame rate (0: unknown)."""
     from ..fantasyportrait_core.motion.extraction import frames_to_uint8
-    from ..fantasyportrait_core.video import DrivingFrames
 
     if video is not None:
-        stream = video_source(video)
-        if stream is not None:
-            source, window, crop = stream
-            frames = DrivingFrames(source, 0, 0, None, name="the output video", window=window, crop=crop)
+        frames = streamed_frames(video, name="the output video")
+        if frames is not None:
             return frames, frames.fps
         components = video.get_components()
         return frames_to_uint8(components.images), float(components.frame_rate)

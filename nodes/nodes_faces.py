@@ -18,7 +18,7 @@ LENGTH_MAX = 100_001  # frames of a driving window (4k+1): over an hour at 25 fp
 PREVIEW_FRAMES = 121  # the IMAGE previews of a longer clip show this many frames, spread over it
 
 
-def video_source(video):
+def _video_source(video):
     """A VIDEO read from a file (Load Video, Trim Video, Crop Video) -> what DrivingFrames streams: the file
     (a path or a BytesIO, as PyAV opens it), its trim window and its crop; None for any other VIDEO (e.g.
     Create Video's, made from frames), whose frames the host decodes itself (``get_components``).
@@ -50,6 +50,20 @@ def _streamed(video, frames) -> bool:
         return True
     log.warning("FantasyPortrait: %s, so its frames are decoded by ComfyUI instead, all in memory.", why)
     return False
+
+
+def streamed_frames(video, start: int = 0, length: int = 0, fps: float | None = None,
+                    name: str = "the driving video"):
+    """The used frames of a VIDEO streamed from its file, one at a time (DrivingFrames), or None when ComfyUI must
+    decode it: a VIDEO made from frames, or an edit the pack cannot stream (see ``_video_source``, ``_streamed``)."""
+    from ..fantasyportrait_core.video import DrivingFrames
+
+    stream = _video_source(video)
+    if stream is None:
+        return None
+    source, window, crop = stream
+    frames = DrivingFrames(source, start, length, fps, name=name, window=window, crop=crop)
+    return frames if _streamed(video, frames) else None
 
 
 def _audio_window(audio, start_seconds: float, seconds: float | None):
@@ -109,20 +123,14 @@ class FantasyPortraitFaceTracker(io.ComfyNode):
                 fps=0.0) -> io.NodeOutput:
         import torch
 
-        from ..fantasyportrait_core.video import DrivingFrames, read_audio, resample_indices
+        from ..fantasyportrait_core.video import read_audio, resample_indices
 
         require_finite(fps=fps)
         check_clip_length(length, "length")
-        audio, rate, source = None, DEFAULT_FPS, None
+        audio, rate = None, DEFAULT_FPS
         if video is not None:
-            stream = video_source(video)
-            if stream is not None:
-                source, window, crop = stream
-                frames = DrivingFrames(source, start_frame, length, fps or None, name="the driving video",
-                                       window=window, crop=crop)
-                if not _streamed(video, frames):
-                    source = None
-            if source is None:  # a VIDEO made from frames (they are all in memory already), or one ComfyUI decodes
+            frames = streamed_frames(video, start_frame, length, fps or None)
+            if frames is None:  # a VIDEO made from frames (they are all in memory already), or one ComfyUI decodes
                 components = video.get_components()
                 images, rate = components.images, float(components.frame_rate)
                 if fps and abs(fps - rate) > 1e-3:  # retimed as a file is (nearest frame)
@@ -131,7 +139,7 @@ class FantasyPortraitFaceTracker(io.ComfyNode):
                 audio = _audio_window(components.audio, start_frame / rate, length / rate if length else None)
             else:
                 rate = frames.fps
-                audio = read_audio(source, frames.start_seconds, frames.duration, "the driving video")
+                audio = read_audio(frames.source, frames.start_seconds, frames.duration, "the driving video")
         elif images is None:
             raise FantasyPortraitError("Connect the driving clip to the Face Tracker: video (from Load Video) or "
                                        "images.")

@@ -224,13 +224,14 @@ def to_api(graph):
 def to_ui(graph):
     nodes, links = [], []
     outputs_links = {}
+    by_id = {node_id: (ctype, values) for node_id, ctype, _, values in graph}
     for node_id, ctype, _title, values in graph:
         for name, v in values.items():
             if isinstance(v, tuple):
                 link_id = len(links) + 1
                 in_type = next(t for n, t, _ in NODE_DEFS[ctype][0] if n == name)
                 if in_type == "*":  # an input of any type: the link carries the type of what is connected
-                    in_type = NODE_DEFS[next(c for i, c, _, _ in graph if i == v[0])][1][v[1]][1]
+                    in_type = NODE_DEFS[by_id[v[0]][0]][1][v[1]][1]
                 links.append([link_id, v[0], v[1], node_id, name, in_type])
                 outputs_links.setdefault((v[0], v[1]), []).append(link_id)
     # lay nodes out in columns by their distance from the loaders, so the graph reads left to right
@@ -238,13 +239,12 @@ def to_ui(graph):
 
     def depth_of(node_id):
         if node_id not in depth:
-            values = next(v for i, _, _, v in graph if i == node_id)
+            values = by_id[node_id][1]
             depth[node_id] = 1 + max((depth_of(v[0]) for v in values.values() if isinstance(v, tuple)), default=-1)
         return depth[node_id]
 
     # one band per stage, top to bottom; inside a band, columns by depth
     stage_of_type = {ctype: k for k, (_, _, types) in enumerate(STAGES) for ctype in types}
-    by_id = {node_id: (ctype, values) for node_id, ctype, _, values in graph}
 
     def stage_of(node_id):
         ctype, values = by_id[node_id]

@@ -20,6 +20,7 @@ import sys
 import cv2
 import numpy as np
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FPS = 16
 FRAMES = 97  # 6 s; 4k+1, and longer than one 81-frame chunk, so the long-video graphs run two chunks
 SIZE = 512
@@ -143,40 +144,40 @@ def crop_around(image: np.ndarray, box, width: int, height: int, zoom: float = 1
                       else cv2.INTER_CUBIC)
 
 
-def landmarks(image: np.ndarray, models: str) -> list[np.ndarray]:
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from fantasyportrait_core.faces.detector import FaceDetector, portrait_faces
-    from fantasyportrait_core.faces.landmarks import LandmarkModel
+def main(astronaut: str, hopper: str, models_dir: str, out: str) -> None:
+    sys.path.insert(0, ROOT)
+    from fantasyportrait_core.evaluation.clips import portrait_landmarks
+    from fantasyportrait_core.faces.landmarks import landmark_box
+    from fantasyportrait_core.motion.extraction import load_face_models
 
-    det = FaceDetector(os.path.join(models, "face_det.onnx"))
-    lmk = LandmarkModel(os.path.join(models, "face_landmark.onnx"))
-    return [lmk.refine(image, box=b).points.astype(np.float64) for b in portrait_faces(image, det)]
+    models = load_face_models(detector=os.path.join(models_dir, "face_det.onnx"),
+                              landmarks=os.path.join(models_dir, "face_landmark.onnx"))  # no motion encoder needed
+    faces = lambda rgb: portrait_landmarks(rgb, models)  # noqa: E731 (every face's 222 landmarks, left to right)
 
+    def read(path):
+        rgb = np.ascontiguousarray(cv2.imread(path, cv2.IMREAD_COLOR)[..., ::-1])
+        return rgb, landmark_box(faces(rgb)[0])
 
-def main(astronaut: str, hopper: str, models: str, out: str) -> None:
-    read = lambda p: np.ascontiguousarray(cv2.imread(p, cv2.IMREAD_COLOR)[..., ::-1])  # noqa: E731
-    write = lambda name, rgb: cv2.imwrite(os.path.join(out, name), rgb[..., ::-1],  # noqa: E731
-                                          [cv2.IMWRITE_JPEG_QUALITY, 92])
-    a, g = read(astronaut), read(hopper)
-    box = lambda img: (lambda p: [p[:, 0].min(), p[:, 1].min(), p[:, 0].max(), p[:, 1].max()])(  # noqa: E731
-        landmarks(img, models)[0])
+    def write(name, rgb):
+        cv2.imwrite(os.path.join(out, name), rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 92])
+
+    (a, a_box), (g, g_box) = read(astronaut), read(hopper)
     # the faces at about the same size (about 160-240 px): Eileen Collins' is 108 px in her photo, Grace Hopper's 236 px
-    portrait = crop_around(a, box(a), SIZE, SIZE, zoom=1.6)
-    hopper_sq = crop_around(g, box(g), SIZE, SIZE)
-    pair = np.concatenate([crop_around(a, box(a), 384, SIZE, zoom=1.5), crop_around(g, box(g), 384, SIZE, zoom=0.86)], 1)
+    portrait = crop_around(a, a_box, SIZE, SIZE, zoom=1.6)
+    hopper_sq = crop_around(g, g_box, SIZE, SIZE)
+    pair = np.concatenate([crop_around(a, a_box, 384, SIZE, zoom=1.5), crop_around(g, g_box, 384, SIZE, zoom=0.86)], 1)
     os.makedirs(out, exist_ok=True)
     write("portrait.jpg", portrait)
     write("two_people.jpg", pair)
     blinks_1, blinks_2 = (0.9, 2.6, 4.4, 5.6), (1.6, 3.3, 5.0)
-    write_clip(os.path.join(out, "driver.mp4"), animate(hopper_sq, [Face(landmarks(hopper_sq, models)[0], 0.0, blinks_1)]))
-    write_clip(os.path.join(out, "driver_2.mp4"), animate(portrait, [Face(landmarks(portrait, models)[0], 2.0, blinks_2)]))
-    faces = landmarks(pair, models)
+    write_clip(os.path.join(out, "driver.mp4"), animate(hopper_sq, [Face(faces(hopper_sq)[0], 0.0, blinks_1)]))
+    write_clip(os.path.join(out, "driver_2.mp4"), animate(portrait, [Face(faces(portrait)[0], 2.0, blinks_2)]))
+    left, right = faces(pair)
     write_clip(os.path.join(out, "two_people_driver.mp4"),
-               animate(pair, [Face(faces[0], 2.0, blinks_2), Face(faces[1], 0.0, blinks_1)]))
+               animate(pair, [Face(left, 2.0, blinks_2), Face(right, 0.0, blinks_1)]))
 
 
 if __name__ == "__main__":
     if len(sys.argv) not in (4, 5):
         sys.exit(__doc__)
-    main(*sys.argv[1:4], sys.argv[4] if len(sys.argv) == 5 else
-         os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
+    main(*sys.argv[1:4], sys.argv[4] if len(sys.argv) == 5 else os.path.join(ROOT, "examples"))

@@ -78,7 +78,11 @@ def identity_similarity(arcface: ArcFace, frames, landmarks: np.ndarray, portrai
     """Mean cosine similarity between the portrait face's embedding and the output face's, over up to 16 frames
     spread over the clip (1 = the same face; ArcFace's usual same-person threshold is about 0.3-0.4)."""
     ref = arcface.embed(portrait, portrait_landmarks)
-    wanted = set(sample_frames(len(landmarks)))
-    sims = [float(ref @ arcface.embed(np.asarray(frame), landmarks[f])) for f, frame in enumerate(frames)
-            if f in wanted]
+    wanted = sample_frames(len(landmarks))
+    sims = []
+    for f, frame in enumerate(frames):  # a streamed clip is decoded only up to the last frame compared
+        if f in wanted:
+            sims.append(float(ref @ arcface.embed(np.asarray(frame), landmarks[f])))
+        if f >= wanted[-1]:
+            break
     return float(np.mean(sims))

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..faces.landmarks import EYE_CORNERS, eye_roll
 from ..motion.features import FEATURE_SLICES
 
-MOUTH_POINTS = slice(118, 182)  # the 222-point model's mouth (outer and inner lips)
-EYE_CORNERS = (74, 96)  # the outer corners the landmark model's roll is measured between
+MOUTH_POINTS = slice(118, 182)  # the 222-point model's mouth (outer and inner lips; a smoothing region of its own)
 
 #: the components of the feature errors: the report's key -> the feature slices it averages (emotion and mouth
 #: weigh equally in expression_error, although the mouth has 512 numbers and the emotion 30)
@@ -71,12 +71,6 @@ def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
     return (heights.max(1) - heights.min(1)) / eye_dist
 
 
-def head_roll(landmarks: np.ndarray) -> np.ndarray:
-    """Per frame: the head's roll in degrees (the line between the eye corners)."""
-    d = landmarks[:, EYE_CORNERS[1]] - landmarks[:, EYE_CORNERS[0]]
-    return np.degrees(np.arctan2(d[:, 1], d[:, 0]))
-
-
 def jitter(landmarks: np.ndarray) -> float:
     """Landmark acceleration: the mean size of ``L[t+1] - 2 L[t] + L[t-1]``, in percent of the face size. A smooth
     render stays near its driver's value; flicker and shaking raise it."""
@@ -131,17 +125,18 @@ def compare_face(out_feat: np.ndarray, out_lmk: np.ndarray, drv_feat: np.ndarray
     output frame i with driver frame i)."""
     n = min(len(out_feat), len(drv_feat))
     of, ol, df, dl = out_feat[:n], out_lmk[:n], drv_feat[:n], drv_lmk[:n]
+    mouth_out, mouth_drv = mouth_opening(out_lmk), mouth_opening(drv_lmk)  # per frame: sliced below, not recomputed
     offset, _ = best_offset(out_feat, drv_feat, max_offset)
     so, sd = overlap(len(out_feat), len(drv_feat), offset)
     shifted = feature_errors(out_feat[so], drv_feat[sd])
-    shifted["mouth_open_corr"] = pearson(mouth_opening(out_lmk[so]), mouth_opening(drv_lmk[sd]))
-    return {**feature_errors(of, df), "mouth_open_corr": pearson(mouth_opening(ol), mouth_opening(dl)),
+    shifted["mouth_open_corr"] = pearson(mouth_out[so], mouth_drv[sd])
+    return {**feature_errors(of, df), "mouth_open_corr": pearson(mouth_out[:n], mouth_drv[:n]),
             "jitter": jitter(ol), "jitter_driver": jitter(dl), "offset": int(offset),
             "motion_corr": motion_correlation(of, df), "still": still_errors(df), "at_offset": shifted,
-            "curves": {"mouth_open": {"output": mouth_opening(ol).round(4).tolist(),
-                                      "driver": mouth_opening(dl).round(4).tolist()},
-                       "head_roll": {"output": relative(head_roll(ol)).round(3).tolist(),
-                                     "driver": relative(head_roll(dl)).round(3).tolist()}}}
+            "curves": {"mouth_open": {"output": mouth_out[:n].round(4).tolist(),
+                                      "driver": mouth_drv[:n].round(4).tolist()},
+                       "head_roll": {"output": relative(np.degrees(eye_roll(ol))).round(3).tolist(),
+                                     "driver": relative(np.degrees(eye_roll(dl))).round(3).tolist()}}}
 
 
 def leakage_matrix(outputs: list[np.ndarray], drivers: list[np.ndarray]) -> np.ndarray:

@@ -59,9 +59,10 @@ def warp_from_points(pts: np.ndarray, angle_deg: float, size: int = LMK_SIZE, ex
 
 
 def eye_roll(pts: np.ndarray):
-    """Angle (radians) of the line from eye corner 74 to eye corner 96."""
-    left, right = pts[EYE_CORNERS[0]], pts[EYE_CORNERS[1]]
-    return np.arctan2(right[1] - left[1], right[0] - left[0] + 1e-8)
+    """Angle (radians) of the line from eye corner 74 to eye corner 96, of ``[222, 2]`` landmarks (or per frame of
+    ``[F, 222, 2]``)."""
+    left, right = pts[..., EYE_CORNERS[0], :], pts[..., EYE_CORNERS[1], :]
+    return np.arctan2(right[..., 1] - left[..., 1], right[..., 0] - left[..., 0] + 1e-8)
 
 
 @dataclass
